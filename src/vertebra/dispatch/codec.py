@@ -1,0 +1,179 @@
+"""Codecs: JSON (the default) and msgpack (the fast one).
+
+A decoder needs no prior agreement: a JSON envelope is an object and so starts with
+``{`` (0x7B, after optional whitespace), a msgpack envelope is a map and so starts with a
+byte in 0x80–0x8F, 0xDE or 0xDF.  :func:`decode` looks at the first byte.
+
+JSON has no bytes type: a ``bytes`` value travels as ``{"$bytes": "<base64>"}``.  So that a
+user's own map can never be mistaken for a tag, a map with exactly one key that starts
+with ``$`` is wrapped as ``{"$map": {...}}``.  Nesting deeper than :data:`MAX_DEPTH`
+is refused on both sides.  Nothing here can run code: there is no pickle.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from typing import Any, Final, Protocol
+
+import msgpack
+
+from .envelope import Envelope, from_wire, to_wire
+from .errors import ProtocolError
+
+__all__ = ["CODECS", "MAX_DEPTH", "Codec", "JsonCodec", "MsgpackCodec", "decode", "get_codec",
+           "plain"]
+
+MAX_DEPTH: Final = 64
+
+
+class Codec(Protocol):
+    """Turns envelopes into bytes and back."""
+
+    name: str
+    content_type: str
+
+    def encode(self, env: Envelope) -> bytes:
+        """Serialise ``env``; raises ProtocolError for values it cannot carry."""
+
+    def decode(self, data: bytes) -> Envelope:
+        """Parse and check ``data``; raises ProtocolError for anything malformed."""
+
+
+def plain(value: Any, json_tags: bool = False, depth: int = 0) -> Any:
+    """``value`` as plain wire data: dataclasses and pydantic models become maps, tuples
+    lists; with ``json_tags``, bytes become ``{"$bytes": ...}`` and single-``$``-key maps are
+    wrapped.  Raises ProtocolError for anything else, or for nesting past MAX_DEPTH."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if depth >= MAX_DEPTH:
+        raise ProtocolError(f"value nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(value).decode("ascii")} if json_tags else bytes(value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ProtocolError(f"map keys must be strings, not {type(k).__name__}")
+            out[k] = plain(v, json_tags, depth + 1)
+        if json_tags and len(out) == 1 and next(iter(out)).startswith("$"):
+            return {"$map": out}
+        return out
+    if isinstance(value, (list, tuple)):
+        return [plain(v, json_tags, depth + 1) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain({f.name: getattr(value, f.name) for f in dataclasses.fields(value)},
+                     json_tags, depth)
+    dump = getattr(value, "model_dump", None)  # pydantic v2
+    if callable(dump):
+        return plain(dump(mode="json"), json_tags, depth)
+    raise ProtocolError(f"cannot send a value of type {type(value).__name__}")
+
+
+def _untag(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1:
+        if "$bytes" in obj:
+            b = obj["$bytes"]
+            if not isinstance(b, str):
+                raise ProtocolError("$bytes must hold a base64 string")
+            try:
+                return base64.b64decode(b, validate=True)
+            except ValueError as exc:
+                raise ProtocolError(f"bad base64 in $bytes: {exc}") from None
+        if "$map" in obj and isinstance(obj["$map"], dict):
+            return obj["$map"]
+    return obj
+
+
+def _check_depth(value: Any, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"message nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for v in value.values():
+            if isinstance(v, (dict, list)):
+                _check_depth(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            if isinstance(v, (dict, list)):
+                _check_depth(v, depth + 1)
+
+
+def _wire_with(env: Envelope, json_tags: bool) -> dict[str, Any]:
+    d = to_wire(env)
+    for key in ("args", "kwargs", "payload", "result"):
+        if key in d:
+            d[key] = plain(d[key], json_tags, 1)
+    return d
+
+
+class JsonCodec:
+    """UTF-8 JSON, bytes tagged as ``{"$bytes": base64}``; the default codec."""
+
+    name = "json"
+    content_type = "application/json"
+
+    def encode(self, env: Envelope) -> bytes:
+        """Serialise ``env`` as compact UTF-8 JSON."""
+        try:
+            return json.dumps(_wire_with(env, True), separators=(",", ":"),
+                              ensure_ascii=False, allow_nan=False).encode()
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+
+    def decode(self, data: bytes) -> Envelope:
+        """Parse a JSON envelope."""
+        try:
+            obj = json.loads(data, object_hook=_untag)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError(f"not a JSON envelope: {exc}"[:300]) from None
+        _check_depth(obj)
+        return from_wire(obj)
+
+
+class MsgpackCodec:
+    """msgpack, with bytes as msgpack ``bin``; the fast codec."""
+
+    name = "msgpack"
+    content_type = "application/msgpack"
+
+    def encode(self, env: Envelope) -> bytes:
+        """Serialise ``env`` as msgpack."""
+        try:
+            out: bytes = msgpack.packb(_wire_with(env, False), use_bin_type=True)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ProtocolError(str(exc)) from None
+        return out
+
+    def decode(self, data: bytes) -> Envelope:
+        """Parse a msgpack envelope."""
+        try:
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
+            raise ProtocolError(f"not a msgpack envelope: {exc}"[:300]) from None
+        _check_depth(obj)
+        return from_wire(obj)
+
+
+CODECS: Final[dict[str, Codec]] = {"json": JsonCodec(), "msgpack": MsgpackCodec()}
+
+
+def get_codec(name: str) -> Codec:
+    """The codec called ``name`` ("json" or "msgpack")."""
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise ValueError(f"unknown codec {name!r}; choose one of {sorted(CODECS)}") from None
+
+
+def decode(data: bytes) -> Envelope:
+    """Decode an envelope in either codec, telling them apart by the first byte."""
+    view = bytes(data[:64]).lstrip()
+    if not view:
+        raise ProtocolError("empty message")
+    first = view[0]
+    if first == 0x7B:
+        return CODECS["json"].decode(data)
+    if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):
+        return CODECS["msgpack"].decode(data)
+    raise ProtocolError(f"not an envelope: first byte 0x{first:02x}")

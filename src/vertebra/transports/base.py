@@ -1,0 +1,122 @@
+"""The Transport interface: what every adapter implements, and nothing more.
+
+A transport moves envelopes; the Bus above it owns calls, pending replies, the outbox,
+deadlines and retries.  The whole interface is seven coroutines::
+
+    connect(on_answer)        open; replies and errors for our calls go to on_answer(env)
+    close()                   release everything; unacked work goes back to its queue
+    send(env)                 route one call / cast / task / event to where it belongs
+    serve(info, handler, prefetch=n)   consume calls, casts and tasks for info.name and
+                              announce it for discovery; each arrives as an Incoming
+    unserve(name)             stop taking new work for a service (drain); in flight ends normally
+    subscribe(pattern, handler)  deliver events whose topic may match pattern
+    discover()                the live services, as ServiceInfo
+
+Rules every adapter follows (the conformance suite holds them to it):
+
+* Bytes on the wire come from the codec it was given; anything it receives that does not
+  decode is counted in ``stats["malformed"]``, logged, answered with an ``error`` envelope
+  of code "protocol" where there is someone to answer, and never crashes the adapter.
+* A call to a service nobody serves is answered at once with an error of code
+  "unreachable" (through ``on_answer``), not left to time out — where the transport can
+  know it; where it cannot, :attr:`Capabilities.fast_unreachable` is False.
+* Library exceptions never escape: connection failures become :class:`ConnectionError`
+  (which the Bus retries), bad input becomes :class:`ProtocolError`.
+* ``send`` returns once the message is handed to the transport (for a broker with
+  confirms, once the broker has it); ``Incoming.ack`` is called after a handler finished.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..dispatch.codec import Codec
+from ..dispatch.envelope import Envelope
+from ..dispatch.info import ServiceInfo
+
+__all__ = ["AnswerCallback", "Capabilities", "Handler", "Incoming", "Transport"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a transport can and cannot do; tests skip only behind one of these flags."""
+
+    durable_tasks: bool = False
+    """Tasks survive a restart of the server (broker) that holds them."""
+    task_redelivery: bool = True
+    """A task whose worker dies before acking it goes to another worker."""
+    fast_unreachable: bool = True
+    """A call to a service nobody serves fails at once, not by timeout."""
+    multi_process: bool = True
+    """Buses in different processes reach each other (False for memory://)."""
+    max_message_size: int = 16 * 1024 * 1024
+    """The largest encoded envelope it accepts, in bytes."""
+
+
+class Incoming(abc.ABC):
+    """One call, cast or task handed to a served service."""
+
+    __slots__ = ("envelope",)
+
+    def __init__(self, envelope: Envelope) -> None:
+        self.envelope = envelope
+
+    @abc.abstractmethod
+    async def reply(self, answer: Envelope) -> None:
+        """Send a ``reply`` or ``error`` envelope back to the caller (calls only)."""
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """The message is done with: a task is not redelivered after this."""
+
+    @abc.abstractmethod
+    async def reject(self, requeue: bool) -> None:
+        """Give the message up: back to the queue (``requeue``) or dropped / dead-lettered."""
+
+
+Handler = Callable[[Incoming], Awaitable[None]]
+EventHandler = Callable[[Envelope], Awaitable[None]]
+AnswerCallback = Callable[[Envelope], None]
+
+
+class Transport(abc.ABC):
+    """One connection to one messaging system; see the module docstring for the rules."""
+
+    scheme: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, url: str, codec: Codec) -> None:
+        self.url = url
+        self.codec = codec
+        self.stats: dict[str, int] = {"malformed": 0, "reconnects": 0}
+
+    @abc.abstractmethod
+    async def connect(self, on_answer: AnswerCallback) -> None:
+        """Open the connection; answers (reply/error envelopes) go to ``on_answer``."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close; unacked work returns to its queue.  Safe to call twice."""
+
+    @abc.abstractmethod
+    async def send(self, env: Envelope) -> None:
+        """Route one call, cast, task or event envelope."""
+
+    @abc.abstractmethod
+    async def serve(self, info: ServiceInfo, handler: Handler, prefetch: int = 16) -> None:
+        """Consume calls, casts and tasks for ``info.name``; announce ``info``."""
+
+    @abc.abstractmethod
+    async def unserve(self, service: str) -> None:
+        """Stop taking new work for ``service``; work not yet started goes back."""
+
+    @abc.abstractmethod
+    async def subscribe(self, pattern: str, handler: EventHandler) -> None:
+        """Deliver events that may match ``pattern`` to ``handler``."""
+
+    @abc.abstractmethod
+    async def discover(self) -> list[ServiceInfo]:
+        """The services live now (one entry per service, ``replicas`` counted)."""
