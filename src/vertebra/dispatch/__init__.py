@@ -1,0 +1,1 @@
+"""The transport-neutral core: envelope, codecs, errors, the Bus, proxies, outbox."""

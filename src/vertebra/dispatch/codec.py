@@ -71,19 +71,27 @@ def plain(value: Any, json_tags: bool = False, depth: int = 0) -> Any:
     raise ProtocolError(f"cannot send a value of type {type(value).__name__}")
 
 
-def _untag(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1:
-        if "$bytes" in obj:
-            b = obj["$bytes"]
-            if not isinstance(b, str):
-                raise ProtocolError("$bytes must hold a base64 string")
-            try:
-                return base64.b64decode(b, validate=True)
-            except ValueError as exc:
-                raise ProtocolError(f"bad base64 in $bytes: {exc}") from None
-        if "$map" in obj and isinstance(obj["$map"], dict):
-            return obj["$map"]
-    return obj
+def _untag(value: Any, depth: int = 0) -> Any:
+    """Undo the JSON tags, top-down (so a ``$map`` protects what it wraps), checking depth."""
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"message nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        if len(value) == 1:
+            if "$bytes" in value:
+                b = value["$bytes"]
+                if not isinstance(b, str):
+                    raise ProtocolError("$bytes must hold a base64 string")
+                try:
+                    return base64.b64decode(b, validate=True)
+                except ValueError as exc:
+                    raise ProtocolError(f"bad base64 in $bytes: {exc}") from None
+            if "$map" in value and isinstance(value["$map"], dict):
+                value = value["$map"]
+        return {k: _untag(v, depth + 1) if isinstance(v, (dict, list)) else v
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_untag(v, depth + 1) if isinstance(v, (dict, list)) else v for v in value]
+    return value
 
 
 def _check_depth(value: Any, depth: int = 0) -> None:
@@ -97,6 +105,18 @@ def _check_depth(value: Any, depth: int = 0) -> None:
         for v in value:
             if isinstance(v, (dict, list)):
                 _check_depth(v, depth + 1)
+
+
+def _checked(obj: Any) -> Envelope:
+    """from_wire, with the message id attached to the error when it could be read."""
+    try:
+        return from_wire(obj)
+    except ProtocolError as exc:
+        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+            exc.envelope_id = obj["id"]
+            if isinstance(obj.get("reply_to"), str):
+                exc.reply_to = obj["reply_to"]
+        raise
 
 
 def _wire_with(env: Envelope, json_tags: bool) -> dict[str, Any]:
@@ -124,11 +144,19 @@ class JsonCodec:
     def decode(self, data: bytes) -> Envelope:
         """Parse a JSON envelope."""
         try:
-            obj = json.loads(data, object_hook=_untag)
+            obj = json.loads(data)
         except (ValueError, RecursionError) as exc:
             raise ProtocolError(f"not a JSON envelope: {exc}"[:300]) from None
-        _check_depth(obj)
-        return from_wire(obj)
+        if isinstance(obj, dict):
+            for key in ("args", "kwargs", "payload", "result"):
+                if isinstance(obj.get(key), (dict, list)):
+                    try:
+                        obj[key] = _untag(obj[key], 1)
+                    except ProtocolError as exc:
+                        if isinstance(obj.get("id"), str):
+                            exc.envelope_id = obj["id"]
+                        raise
+        return _checked(obj)
 
 
 class MsgpackCodec:
@@ -152,7 +180,7 @@ class MsgpackCodec:
         except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
             raise ProtocolError(f"not a msgpack envelope: {exc}"[:300]) from None
         _check_depth(obj)
-        return from_wire(obj)
+        return _checked(obj)
 
 
 CODECS: Final[dict[str, Codec]] = {"json": JsonCodec(), "msgpack": MsgpackCodec()}

@@ -57,7 +57,14 @@ class Unreachable(VertebraError, ConnectionError):
 
 
 class ProtocolError(VertebraError, ValueError):
-    """A message was malformed, of an unsupported version, or too large."""
+    """A message was malformed, of an unsupported version, or too large.
+
+    When the bad message was readable enough, ``envelope_id`` (and ``reply_to``) say which
+    message it was, so that a transport can still answer its sender.
+    """
+
+    envelope_id: str = ""
+    reply_to: str = ""
 
 
 # The "code" of a wire error object says which class the caller raises.

@@ -1,0 +1,122 @@
+"""The ``vertebra`` command: serve nodes, call them, list them, run the demo."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from .dispatch.errors import VertebraError
+from .dispatch.info import ServiceInfo
+from .dispatch.url import default_url
+
+__all__ = ["main"]
+
+URL_HELP = "Transport URL (default: $VERTEBRA_URL or the embedded default)."
+
+
+def _load(spec: str) -> Any:
+    module, _, attr = spec.partition(":")
+    if not attr:
+        raise click.BadParameter(f"expected module:Class, got {spec!r}")
+    sys.path.insert(0, ".")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """vertebra: RPC, tasks, events and workflows over ZeroMQ, AMQP, XMPP or in-process."""
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("nodes", nargs=-1, required=True)
+@click.option("--url", default=None, help=URL_HELP)
+def serve(nodes: tuple[str, ...], url: str | None) -> None:
+    """Serve NODES (each module:Class) until SIGINT/SIGTERM, then drain and stop."""
+    from .nodes import serve as serve_nodes
+
+    instances = [_load(spec)() for spec in nodes]
+    url = url or default_url()
+    serve_nodes(*instances, url=url,
+                ready=lambda: click.echo(f"serving {', '.join(nodes)} on {url}", err=True))
+
+
+@main.command()
+@click.argument("url")
+@click.argument("target")
+@click.argument("args", nargs=-1)
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the reply.")
+@click.option("--cast", "as_cast", is_flag=True, help="Fire and forget instead of waiting.")
+def call(url: str, target: str, args: tuple[str, ...], timeout: float, as_cast: bool) -> None:
+    """Call TARGET (service.method) on URL; each ARG is JSON (a bare word is a string)."""
+    from . import connect
+
+    service, _, method = target.rpartition(".")
+    if not service:
+        raise click.BadParameter("expected service.method", param_hint="TARGET")
+    values = [_json_arg(a) for a in args]
+    try:
+        with connect(url, timeout=timeout) as bus:
+            m = bus.proxy(service)[method]
+            if as_cast:
+                click.echo(m.cast(*values))
+                return
+            click.echo(json.dumps(m(*values), ensure_ascii=False, default=repr))
+    except VertebraError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@main.command()
+@click.argument("url", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def nodes(url: str | None, as_json: bool) -> None:
+    """List the live services on URL with their methods."""
+    from . import connect
+
+    with connect(url or default_url()) as bus:
+        services = bus.nodes()
+    if as_json:
+        click.echo(json.dumps([s.to_dict() for s in services], indent=2))
+        return
+    click.echo(format_services(services))
+
+
+def format_services(services: list[ServiceInfo]) -> str:
+    """A plain-text table of services and their methods."""
+    if not services:
+        return "no services"
+    lines = []
+    for s in services:
+        lines.append(f"{s.name}  ({s.replicas} replica{'s' if s.replicas != 1 else ''}, {s.transport})"
+                     + (f"  {s.doc.splitlines()[0]}" if s.doc else ""))
+        for m in s.methods:
+            what = f"@event({m.pattern!r})" if m.kind == "event" else f"@{m.kind}"
+            doc = f"  - {m.doc.splitlines()[0]}" if m.doc else ""
+            lines.append(f"    {what:<20} {m.name}{m.signature}{doc}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--url", default=None, help=URL_HELP)
+def demo(url: str | None) -> None:
+    """The main job on the embedded default: nodes and a client doing calls, tasks, events."""
+    from .demo import run_demo
+
+    run_demo(url or default_url(), click.echo)

@@ -1,0 +1,231 @@
+"""The Bus: one async core over one transport.
+
+It owns what every transport shares: calls and their pending-reply table, deadlines, the
+outbox behind casts, tasks and events, serving nodes, subscriptions and discovery.  The
+sync API (:mod:`vertebra.dispatch.sync`) is a thin facade that runs this on a loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from ..transports import open_transport
+from ..transports.base import Transport
+from .codec import get_codec
+from .envelope import Envelope
+from .errors import CallTimeout, Unreachable, VertebraError
+from .info import ServiceInfo
+from .outbox import Backoff, Outbox, OverflowPolicy
+from .pending import PendingCalls
+from .proxy import AsyncProxy
+from .service import Servable, ServiceRuntime
+from .topics import matches, validate_pattern, validate_topic
+from .url import default_url
+
+__all__ = ["AsyncBus"]
+
+log = logging.getLogger("vertebra.bus")
+
+EventCallback = Callable[[str, Any], Any]
+
+
+class AsyncBus:
+    """A connection to a vertebra network through one transport.
+
+    Use as ``async with AsyncBus(url) as bus``; see :func:`vertebra.connect_async`.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        codec: str = "json",
+        timeout: float = 30.0,
+        outbox_size: int = 10_000,
+        overflow: OverflowPolicy = "drop_oldest",
+        block_timeout: float = 1.0,
+        linger: float = 5.0,
+        max_age: float = 300.0,
+        send_window: int = 64,
+    ) -> None:
+        self.url = url = url or default_url()
+        self.codec = get_codec(codec)
+        self.timeout = timeout
+        self.linger = linger
+        self.transport: Transport = open_transport(url, self.codec)
+        self.outbox = Outbox(self.transport.send, maxsize=outbox_size, policy=overflow,
+                             block_timeout=block_timeout, window=send_window, max_age=max_age)
+        self._pending = PendingCalls()
+        self._runtimes: list[ServiceRuntime] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._closed = False
+        self._backoff = Backoff(base=0.02, cap=1.0)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> AsyncBus:
+        """Connect the transport and start the outbox; returns self."""
+        if self._started:
+            return self
+        self._loop = asyncio.get_running_loop()
+        await self.transport.connect(self._pending.resolve)
+        self.outbox.start()
+        self._started = True
+        return self
+
+    async def close(self, linger: float | None = None) -> None:
+        """Drain served nodes, flush the outbox within ``linger`` seconds, disconnect."""
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        self._closed = True
+        linger = self.linger if linger is None else linger
+        await self.stop_serving(timeout=linger)
+        left = await self.outbox.flush(linger)
+        if left:
+            log.warning("closing %s: %d queued message(s) not sent within linger %.1fs",
+                        self.url, left, linger)
+        await self.outbox.stop()
+        await self.transport.close()
+
+    async def __aenter__(self) -> AsyncBus:
+        return await self.start()
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    # -- calling ----------------------------------------------------------------------------
+
+    def proxy(self, service: str, timeout: float | None = None) -> AsyncProxy:
+        """A proxy whose attributes call the methods of ``service``."""
+        return AsyncProxy(self, service, self.timeout if timeout is None else timeout)
+
+    async def call(self, service: str, method: str, args: tuple[Any, ...] | list[Any] = (),
+                   kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
+                   headers: dict[str, str] | None = None) -> Any:
+        """Call ``service.method(*args, **kwargs)`` and return its result.
+
+        Raises RemoteError, CallTimeout (after ``timeout`` seconds), Unreachable.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.time() + timeout
+        env = Envelope("call", service=service, method=method, args=list(args),
+                       kwargs=kwargs or {}, deadline=deadline, headers=headers or {})
+        fut = self._pending.add(env.id)
+        try:
+            await self._send_until(env, deadline)
+            return await asyncio.wait_for(fut, max(0.0, deadline - time.time()))
+        except TimeoutError:
+            raise CallTimeout(f"{service}.{method}: no reply within {timeout:g}s") from None
+        finally:
+            self._pending.discard(env.id)
+
+    async def _send_until(self, env: Envelope, deadline: float) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.transport.send(env)
+                return
+            except (ConnectionError, OSError) as exc:
+                if isinstance(exc, VertebraError):
+                    raise
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                if time.time() + delay >= deadline:
+                    raise Unreachable(f"{env.service}: transport down ({exc})") from exc
+                await asyncio.sleep(delay)
+
+    def cast(self, service: str, method: str, args: tuple[Any, ...] | list[Any] = (),
+             kwargs: dict[str, Any] | None = None, *, kind: str = "cast",
+             headers: dict[str, str] | None = None) -> str | None:
+        """Queue a fire-and-forget call; returns the message id, None if dropped.
+
+        Never blocks on the network (see the outbox's overflow policy); any thread.
+        """
+        env = Envelope(kind, service=service, method=method, args=list(args),
+                       kwargs=kwargs or {}, headers=headers or {})
+        return env.id if self.outbox.put(env) else None
+
+    def publish(self, topic: str, payload: Any = None, *,
+                headers: dict[str, str] | None = None) -> str | None:
+        """Queue an event for every subscriber of a matching pattern; any thread."""
+        env = Envelope("event", topic=validate_topic(topic), payload=payload, headers=headers or {})
+        return env.id if self.outbox.put(env) else None
+
+    async def flush(self, timeout: float | None = None) -> int:
+        """Wait until the outbox is empty (or ``timeout``); return how many are left."""
+        return await self.outbox.flush(self.linger if timeout is None else timeout)
+
+    # -- serving ----------------------------------------------------------------------------
+
+    async def serve(self, *nodes: Servable) -> None:
+        """Serve ``nodes`` on this bus; returns once each is listening and announced."""
+        for node in nodes:
+            if not isinstance(node, Servable):
+                raise TypeError(f"cannot serve {node!r}: not a vertebra Node")
+            rt = node.__vertebra_runtime__(self)
+            for pattern in rt.patterns:
+                await self.transport.subscribe(validate_pattern(pattern),
+                                               self._event_route(rt, pattern))
+            await self.transport.serve(rt.info, rt.handle, prefetch=rt.prefetch)
+            self._runtimes.append(rt)
+            log.info("serving %s on %s", rt.info.name, self.url)
+
+    @staticmethod
+    def _event_route(rt: ServiceRuntime, pattern: str) -> Callable[[Envelope], Awaitable[None]]:
+        async def route(env: Envelope) -> None:
+            if matches(pattern, env.topic):
+                await rt.handle_event(pattern, env)
+        return route
+
+    async def stop_serving(self, timeout: float | None = None) -> int:
+        """Gracefully stop every served node: no new work, in-flight work finishes.
+
+        Returns how many handlers were still running when ``timeout`` ran out.
+        """
+        timeout = self.linger if timeout is None else timeout
+        runtimes, self._runtimes = self._runtimes, []
+        for rt in runtimes:
+            await self.transport.unserve(rt.info.name)
+        left = 0
+        for rt in runtimes:
+            left += await rt.drain(timeout)
+        return left
+
+    async def subscribe(self, pattern: str, callback: EventCallback) -> None:
+        """Call ``callback(topic, payload)`` (sync or async) for each matching event."""
+        validate_pattern(pattern)
+        is_async = inspect.iscoroutinefunction(callback)
+
+        async def route(env: Envelope) -> None:
+            if not matches(pattern, env.topic):
+                return
+            try:
+                if is_async:
+                    await callback(env.topic, env.payload)
+                else:
+                    callback(env.topic, env.payload)
+            except Exception:
+                log.exception("event callback for %r failed on %s", pattern, env.topic)
+
+        await self.transport.subscribe(pattern, route)
+
+    # -- discovery and stats ----------------------------------------------------------------
+
+    async def nodes(self) -> list[ServiceInfo]:
+        """The live services, with their methods, signatures and docstrings."""
+        return sorted(await self.transport.discover(), key=lambda s: s.name)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: the outbox's, pending calls, the transport's."""
+        return {"outbox": dict(self.outbox.counts, queued=len(self.outbox)),
+                "pending_calls": len(self._pending), "late_replies": self._pending.late,
+                "transport": dict(self.transport.stats)}

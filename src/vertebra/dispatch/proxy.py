@@ -1,0 +1,53 @@
+"""Proxies: ``bus.proxy("calc").add(2, 3)``, ``.cast(...)``, ``.future(...)``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bus import AsyncBus
+
+__all__ = ["AsyncMethod", "AsyncProxy"]
+
+
+class AsyncMethod:
+    """One remote method, for async code: ``await m(...)``, ``m.cast(...)``, ``m.future(...)``."""
+
+    __slots__ = ("_bus", "_method", "_service", "_timeout")
+
+    def __init__(self, bus: AsyncBus, service: str, method: str, timeout: float) -> None:
+        self._bus, self._service, self._method, self._timeout = bus, service, method, timeout
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the method and return its result (or raise its error)."""
+        return await self._bus.call(self._service, self._method, args, kwargs, timeout=self._timeout)
+
+    def cast(self, *args: Any, **kwargs: Any) -> str | None:
+        """Fire and forget (queued in the outbox); the message id, or None if dropped."""
+        return self._bus.cast(self._service, self._method, args, kwargs)
+
+    def future(self, *args: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        """Start the call now; await the returned task later."""
+        return asyncio.ensure_future(self(*args, **kwargs))
+
+    def __repr__(self) -> str:
+        return f"<remote method {self._service}.{self._method}>"
+
+
+class AsyncProxy:
+    """Stands for a remote service; attribute access gives :class:`AsyncMethod` objects."""
+
+    def __init__(self, bus: AsyncBus, service: str, timeout: float) -> None:
+        self._bus, self._service, self._timeout = bus, service, timeout
+
+    def __getattr__(self, name: str) -> AsyncMethod:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return AsyncMethod(self._bus, self._service, name, self._timeout)
+
+    def __getitem__(self, name: str) -> AsyncMethod:
+        return AsyncMethod(self._bus, self._service, name, self._timeout)
+
+    def __repr__(self) -> str:
+        return f"<proxy {self._service} via {self._bus.url}>"

@@ -1,0 +1,54 @@
+"""Binding wire arguments to a handler: the signature is checked before dispatch, and
+maps become dataclasses or pydantic models where the handler is annotated with them."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Binder"]
+
+
+def _converter(annotation: Any) -> Callable[[Any], Any] | None:
+    if isinstance(annotation, type):
+        if dataclasses.is_dataclass(annotation):
+            cls = annotation
+
+            def to_dataclass(value: Any) -> Any:
+                return cls(**value) if isinstance(value, dict) else value
+            return to_dataclass
+        validate = getattr(annotation, "model_validate", None)  # pydantic v2
+        if callable(validate):
+            return lambda value: validate(value) if isinstance(value, dict) else value
+    return None
+
+
+class Binder:
+    """Checks arguments against one handler's signature and converts annotated values."""
+
+    def __init__(self, func: Callable[..., Any], skip: int = 0) -> None:
+        try:
+            sig = inspect.signature(func, eval_str=True)
+        except Exception:  # an annotation that does not resolve: show it as written
+            sig = inspect.signature(func)
+        params = list(sig.parameters.values())[skip:]
+        self.signature = sig.replace(parameters=params)
+        try:
+            hints = typing.get_type_hints(func)
+        except Exception:  # unresolvable string annotations: no conversion, still callable
+            hints = {}
+        self.converters = {p.name: c for p in params
+                           if (c := _converter(hints.get(p.name))) is not None}
+        self.simple = not self.converters
+
+    def bind(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The positional and keyword arguments to call with; TypeError if they do not fit."""
+        bound = self.signature.bind(*args, **kwargs)
+        if not self.simple:
+            for name, convert in self.converters.items():
+                if name in bound.arguments:
+                    bound.arguments[name] = convert(bound.arguments[name])
+        return bound.args, bound.kwargs

@@ -1,0 +1,72 @@
+"""``@rpc``, ``@task`` and ``@event(pattern)``: they only register.
+
+The decorated function is returned unchanged apart from one attribute, so a handler stays
+a plain method you can call directly in a unit test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from ..dispatch.topics import validate_pattern
+
+__all__ = ["ENTRYPOINT_ATTR", "Entrypoint", "event", "rpc", "task"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+ENTRYPOINT_ATTR = "__vertebra_entrypoint__"
+
+
+@dataclass(frozen=True, slots=True)
+class Entrypoint:
+    """How a method is exposed: ``kind`` is "rpc", "task" or "event"."""
+
+    kind: str
+    pattern: str = ""
+    max_attempts: int | None = None
+
+
+def _mark(func: F, ep: Entrypoint) -> F:
+    if getattr(func, ENTRYPOINT_ATTR, None) is not None:
+        raise TypeError(f"{func.__qualname__} is already a vertebra entry point")
+    setattr(func, ENTRYPOINT_ATTR, ep)
+    return func
+
+
+def rpc(func: F) -> F:
+    """Expose a method for request/reply calls (and casts)."""
+    return _mark(func, Entrypoint("rpc"))
+
+
+@overload
+def task(func: F, /) -> F: ...
+@overload
+def task(*, max_attempts: int | None = None) -> Callable[[F], F]: ...
+
+
+def task(func: F | None = None, /, *, max_attempts: int | None = None) -> F | Callable[[F], F]:
+    """Expose a method as a work-queue task: one replica runs each item, acked when done.
+
+    A task that raises is handed back to the queue; after ``max_attempts`` failures (the
+    transport's default when None) it goes to the dead-letter queue.
+    """
+    if func is not None:
+        return _mark(func, Entrypoint("task"))
+
+    def deco(f: F) -> F:
+        return _mark(f, Entrypoint("task", max_attempts=max_attempts))
+    return deco
+
+
+def event(pattern: str) -> Callable[[F], F]:
+    """Subscribe a method ``handler(self, topic, payload)`` to events matching ``pattern``.
+
+    Topics are dot-separated words; ``*`` matches exactly one word, ``#`` zero or more.
+    Every replica of the service receives each matching event.
+    """
+    validate_pattern(pattern)
+
+    def deco(f: F) -> F:
+        return _mark(f, Entrypoint("event", pattern))
+    return deco

@@ -1,0 +1,190 @@
+"""Serving one Node on one Bus: dispatch, arguments, deadlines, concurrency, drain.
+
+Sync handlers run in the node's own bounded thread pool and never block the event loop;
+async handlers run on the loop.  ``concurrency`` bounds handlers running at once (calls,
+casts, tasks and events together) and is the transport's prefetch.  Work whose deadline
+has passed is answered with a timeout error and never started.  A handler that raises is
+answered with a RemoteError (calls), logged (casts, events) or handed back to the queue
+for another attempt (tasks); the node keeps serving in every case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..dispatch.envelope import Envelope
+from ..dispatch.errors import ProtocolError, error_to_wire
+from ..dispatch.info import MethodInfo, ServiceInfo
+from ..transports.base import Incoming
+from .binding import Binder
+from .decorators import ENTRYPOINT_ATTR, Entrypoint
+
+if TYPE_CHECKING:
+    from ..dispatch.bus import AsyncBus
+    from .node import Node
+
+__all__ = ["NodeRuntime"]
+
+log = logging.getLogger("vertebra.node")
+
+
+@dataclass(slots=True)
+class _Handler:
+    name: str
+    entry: Entrypoint
+    func: Callable[..., Any]
+    is_async: bool
+    binder: Binder
+
+
+def _error(kind: str, type_: str, message: str) -> dict[str, Any]:
+    return {"code": kind, "type": type_, "message": message, "traceback": ""}
+
+
+class NodeRuntime:
+    """The ServiceRuntime of one Node instance on one bus."""
+
+    def __init__(self, node: Node, bus: AsyncBus) -> None:
+        self.node = node
+        self.bus = bus
+        cls = type(node)
+        self.handlers: dict[str, _Handler] = {}
+        self.events: dict[str, list[_Handler]] = {}
+        for attr in dir(cls):
+            entry = getattr(getattr(cls, attr, None), ENTRYPOINT_ATTR, None)
+            if not isinstance(entry, Entrypoint):
+                continue
+            func = getattr(node, attr)
+            h = _Handler(attr, entry, func, inspect.iscoroutinefunction(func), Binder(func))
+            if entry.kind == "event":
+                self.events.setdefault(entry.pattern, []).append(h)
+            else:
+                self.handlers[attr] = h
+        self.patterns = tuple(self.events)
+        self.prefetch = max(1, cls.concurrency)
+        methods = tuple(
+            MethodInfo(h.name, h.entry.kind, str(h.binder.signature), inspect.getdoc(h.func) or "",
+                       h.entry.pattern)
+            for h in sorted([*self.handlers.values(), *(x for hs in self.events.values() for x in hs)],
+                            key=lambda h: h.name))
+        self.info = ServiceInfo(cls.name, methods, inspect.getdoc(cls) or "", 1, bus.transport.scheme)
+        self._slots = asyncio.Semaphore(self.prefetch)
+        self._pool = ThreadPoolExecutor(max_workers=cls.max_workers or self.prefetch,
+                                        thread_name_prefix=f"vertebra-{cls.name}")
+        self._running: set[asyncio.Task[None]] = set()
+        self._draining = False
+        self.counts = {"calls": 0, "errors": 0, "expired": 0, "events": 0}
+
+    # -- calls, casts, tasks ----------------------------------------------------------------
+
+    async def handle(self, incoming: Incoming) -> None:
+        """Start one message's work as its own task and return."""
+        task = asyncio.create_task(self._run(incoming))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, incoming: Incoming) -> None:
+        env = incoming.envelope
+        is_call = env.kind == "call"
+        h = self.handlers.get(env.method)
+        try:
+            if h is None:
+                log.warning("%s: no method %r (from %s)", self.info.name, env.method, env.kind)
+                if is_call:
+                    await incoming.reply(env.fail(_error(
+                        "unreachable", "Unreachable",
+                        f"service {self.info.name!r} has no method {env.method!r}")))
+                await incoming.reject(False)
+                return
+            async with self._slots:
+                if env.expired():
+                    self.counts["expired"] += 1
+                    if is_call:
+                        await incoming.reply(env.fail(_error(
+                            "timeout", "CallTimeout",
+                            f"{self.info.name}.{env.method}: deadline passed before it started")))
+                    await incoming.ack()
+                    return
+                self.counts["calls"] += 1
+                try:
+                    args, kwargs = h.binder.bind(env.args, env.kwargs)
+                    result = await self._invoke(h, args, kwargs)
+                except Exception as exc:
+                    self.counts["errors"] += 1
+                    await self._failed(incoming, h, exc)
+                    return
+            if is_call:
+                try:
+                    await incoming.reply(env.answer(result))
+                except ProtocolError as exc:
+                    await incoming.reply(env.fail(_error(
+                        "remote", "ProtocolError", f"cannot send the result: {exc}")))
+            await incoming.ack()
+        except Exception:
+            log.exception("%s: failed to answer %s %s", self.info.name, env.kind, env.id)
+
+    async def _invoke(self, h: _Handler, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if h.is_async:
+            return await h.func(*args, **kwargs)
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(ctx.run, h.func, *args, **kwargs))
+
+    async def _failed(self, incoming: Incoming, h: _Handler, exc: Exception) -> None:
+        env = incoming.envelope
+        tb = traceback.format_exc() if type(self.node).allow_tracebacks else ""
+        if env.kind == "call":
+            await incoming.reply(env.fail(error_to_wire(exc, tb)))
+            await incoming.ack()
+            return
+        log.error("%s.%s (%s %s) raised %s: %s", self.info.name, h.name, env.kind, env.id,
+                  type(exc).__name__, exc)
+        if h.entry.kind == "task" and not isinstance(exc, TypeError):
+            await incoming.reject(True)   # another attempt; the transport dead-letters past N
+        else:
+            await incoming.reject(False)
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def handle_event(self, pattern: str, env: Envelope) -> None:
+        """Run every handler subscribed with ``pattern`` for this event."""
+        if self._draining:
+            return
+        for h in self.events.get(pattern, ()):
+            task = asyncio.create_task(self._run_event(h, env))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run_event(self, h: _Handler, env: Envelope) -> None:
+        async with self._slots:
+            self.counts["events"] += 1
+            try:
+                await self._invoke(h, (env.topic, env.payload), {})
+            except Exception:
+                self.counts["errors"] += 1
+                log.exception("%s.%s failed on event %s", self.info.name, h.name, env.topic)
+
+    # -- drain ------------------------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> int:
+        """Take no new events; wait up to ``timeout`` for running handlers; how many remain."""
+        self._draining = True
+        running = set(self._running)
+        if running:
+            _, pending = await asyncio.wait(running, timeout=timeout)
+        else:
+            pending = set()
+        if pending:
+            log.warning("%s: %d handler(s) still running after %.1fs drain", self.info.name,
+                        len(pending), timeout)
+        self._pool.shutdown(wait=False)
+        return len(pending)
