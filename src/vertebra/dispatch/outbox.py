@@ -29,6 +29,9 @@ __all__ = ["Backoff", "Outbox", "OverflowPolicy"]
 
 log = logging.getLogger("vertebra.outbox")
 
+# Time is injectable (``clock``, ``sleep``, ``Backoff.jitter``) so that retries, backoff and
+# expiry are tested without sleeping.
+
 OverflowPolicy = Literal["drop_oldest", "drop_newest", "block"]
 
 
@@ -38,10 +41,11 @@ class Backoff:
 
     base: float = 0.05
     cap: float = 5.0
+    jitter: Callable[[], float] = random.random
 
-    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+    def delay(self, attempt: int) -> float:
         """The wait before retry number ``attempt`` (0-based)."""
-        return float(rng() * min(self.cap, self.base * (2 ** min(attempt, 30))))
+        return float(self.jitter() * min(self.cap, self.base * (2 ** min(attempt, 30))))
 
 
 class Outbox:
@@ -58,6 +62,7 @@ class Outbox:
         max_age: float = 300.0,
         backoff: Backoff = Backoff(),
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if policy not in ("drop_oldest", "drop_newest", "block"):
             raise ValueError(f"unknown overflow policy {policy!r}")
@@ -69,6 +74,7 @@ class Outbox:
         self.max_age = max_age
         self.backoff = backoff
         self.clock = clock
+        self.sleep = sleep
         self._items: collections.deque[tuple[Envelope, float]] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -180,7 +186,7 @@ class Outbox:
                     delay = self.backoff.delay(attempt)
                     attempt += 1
                     log.info("send of %s failed (%s); retry %d in %.3fs", env.id, exc, attempt, delay)
-                    await asyncio.sleep(delay)
+                    await self.sleep(delay)
                 except ProtocolError as exc:
                     self.counts["failed"] += 1
                     log.error("cannot send %s %s: %s", env.kind, env.id, exc)

@@ -1,0 +1,139 @@
+"""The outbox: bounded, never blocking by default, counting every drop, retrying with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from vertebra.dispatch.envelope import Envelope
+from vertebra.dispatch.errors import ProtocolError
+from vertebra.dispatch.outbox import Backoff, Outbox
+
+
+def env(i: int) -> Envelope:
+    return Envelope("cast", service="s", method="m", args=[i])
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("drop_newest", [0, 1, 2]), ("drop_oldest", [2, 3, 4])])
+async def test_overflow_policies_drop_and_count(policy, kept):
+    sent: list[int] = []
+
+    async def send(e: Envelope) -> None:
+        sent.append(e.args[0])
+
+    box = Outbox(send, maxsize=3, policy=policy)
+    results = [box.put(env(i)) for i in range(5)]    # not started yet: nothing drains
+    assert results.count(False) == (2 if policy == "drop_newest" else 0)
+    assert box.counts["dropped"] == 2
+    box.start()
+    assert await box.flush(5) == 0
+    assert sent == kept
+    await box.stop()
+
+
+async def test_block_policy_waits_then_gives_up_and_counts():
+    box = Outbox(lambda e: asyncio.sleep(0), maxsize=1, policy="block", block_timeout=0.05)
+    assert box.put(env(0))
+    ok = await asyncio.to_thread(box.put, env(1))    # another thread: it may block, then gives up
+    assert ok is False
+    assert box.counts["dropped"] == 1
+    assert box.put(env(2)) is False                   # on the loop thread it never blocks
+
+
+async def test_block_policy_proceeds_when_room_appears():
+    sent: list[int] = []
+
+    async def send(e: Envelope) -> None:
+        sent.append(e.args[0])
+
+    box = Outbox(send, maxsize=1, policy="block", block_timeout=10)
+    assert box.put(env(0))
+    box.start()
+    ok = await asyncio.to_thread(box.put, env(1))
+    assert ok is True
+    assert await box.flush(5) == 0
+    assert sent == [0, 1]
+    await box.stop()
+
+
+async def test_transport_errors_are_retried_with_backoff_until_sent():
+    failures = {"left": 3}
+    sent: list[int] = []
+    delays: list[float] = []
+
+    async def send(e: Envelope) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("down")
+        sent.append(e.args[0])
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    box = Outbox(send, backoff=Backoff(base=1.0, cap=4.0, jitter=lambda: 1.0), sleep=sleep)
+    box.start()
+    box.put(env(7))
+    assert await box.flush(5) == 0
+    assert sent == [7]
+    assert box.counts["retries"] == 3
+    assert delays == [1.0, 2.0, 4.0]   # exponential (jitter pinned to 1.0), never really slept
+    await box.stop()
+
+
+async def test_messages_past_max_age_are_given_up_and_counted():
+    now = {"t": 0.0}
+
+    async def send(e: Envelope) -> None:
+        now["t"] += 10
+        raise ConnectionError("down")
+
+    box = Outbox(send, max_age=25, clock=lambda: now["t"], sleep=lambda s: asyncio.sleep(0))
+    box.start()
+    box.put(env(1))
+    assert await box.flush(5) == 0
+    assert box.counts["expired"] == 1
+    assert box.counts["sent"] == 0
+    await box.stop()
+
+
+async def test_unsendable_messages_are_counted_as_failed_not_retried():
+    async def send(e: Envelope) -> None:
+        raise ProtocolError("too big")
+
+    box = Outbox(send)
+    box.start()
+    box.put(env(1))
+    assert await box.flush(5) == 0
+    assert box.counts == {**box.counts, "failed": 1, "retries": 0, "sent": 0}
+    await box.stop()
+
+
+async def test_put_from_many_threads_loses_nothing():
+    sent: list[int] = []
+
+    async def send(e: Envelope) -> None:
+        sent.append(e.args[0])
+
+    box = Outbox(send, maxsize=100_000)
+    box.start()
+
+    def producer(base: int) -> None:
+        for i in range(2000):
+            box.put(env(base + i))
+
+    threads = [threading.Thread(target=producer, args=(k * 10_000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        await asyncio.to_thread(t.join)
+    assert await box.flush(10) == 0
+    assert sorted(sent) == sorted(k * 10_000 + i for k in range(4) for i in range(2000))
+    await box.stop()
+
+
+def test_backoff_grows_and_caps():
+    b = Backoff(base=0.1, cap=1.0, jitter=lambda: 1.0)
+    assert [b.delay(n) for n in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert Backoff(jitter=lambda: 0.0).delay(3) == 0.0
