@@ -35,6 +35,11 @@ log = logging.getLogger("vertebra.bus")
 EventCallback = Callable[[str, Any], Any]
 
 
+def _expire(fut: asyncio.Future[Any], service: str, method: str, timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(CallTimeout(f"{service}.{method}: no reply within {timeout:g}s"))
+
+
 class AsyncBus:
     """A connection to a vertebra network through one transport.
 
@@ -120,12 +125,13 @@ class AsyncBus:
         env = Envelope("call", service=service, method=method, args=list(args),
                        kwargs=kwargs or {}, deadline=deadline, headers=headers or {})
         fut = self._pending.add(env.id)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(loop.time() + timeout, _expire, fut, service, method, timeout)
         try:
             await self._send_until(env, deadline)
-            return await asyncio.wait_for(fut, max(0.0, deadline - time.time()))
-        except TimeoutError:
-            raise CallTimeout(f"{service}.{method}: no reply within {timeout:g}s") from None
+            return await fut
         finally:
+            timer.cancel()
             self._pending.discard(env.id)
 
     async def _send_until(self, env: Envelope, deadline: float) -> None:

@@ -127,6 +127,13 @@ def _wire_with(env: Envelope, json_tags: bool) -> dict[str, Any]:
     return d
 
 
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _dumps(obj: Any) -> bytes:
+    return _encoder.encode(obj).encode()
+
+
 class JsonCodec:
     """UTF-8 JSON, bytes tagged as ``{"$bytes": base64}``; the default codec."""
 
@@ -136,8 +143,7 @@ class JsonCodec:
     def encode(self, env: Envelope) -> bytes:
         """Serialise ``env`` as compact UTF-8 JSON."""
         try:
-            return json.dumps(_wire_with(env, True), separators=(",", ":"),
-                              ensure_ascii=False, allow_nan=False).encode()
+            return _dumps(_wire_with(env, True))
         except ValueError as exc:
             raise ProtocolError(str(exc)) from None
 
@@ -147,7 +153,9 @@ class JsonCodec:
             obj = json.loads(data)
         except (ValueError, RecursionError) as exc:
             raise ProtocolError(f"not a JSON envelope: {exc}"[:300]) from None
-        if isinstance(obj, dict):
+        # Only a message holding '{"$' can carry tags (inside a JSON string the quote is
+        # escaped), and only one with more than MAX_DEPTH brackets can nest too deep.
+        if isinstance(obj, dict) and (b'{"$' in data or data.count(b"[") + data.count(b"{") > MAX_DEPTH):
             for key in ("args", "kwargs", "payload", "result"):
                 if isinstance(obj.get(key), (dict, list)):
                     try:

@@ -112,57 +112,62 @@ def to_wire(env: Envelope) -> dict[str, Any]:
     return d
 
 
-def _str(d: dict[str, Any], key: str, required: bool = False) -> str:
-    value = d.get(key, "")
-    if not isinstance(value, str):
-        raise ProtocolError(f"envelope field {key!r} must be a string")
-    if required and not value:
-        raise ProtocolError(f"envelope field {key!r} is required")
-    return value
+def _bad(key: str, what: str) -> ProtocolError:
+    return ProtocolError(f"envelope field {key!r} {what}")
 
 
 def from_wire(d: Any) -> Envelope:
     """Check a decoded wire dict and build the :class:`Envelope` it describes."""
     if not isinstance(d, dict):
         raise ProtocolError("an envelope is a map")
-    v = d.get("v")
-    if v != PROTOCOL_VERSION:
+    get = d.get
+    v = get("v")
+    if v != PROTOCOL_VERSION or isinstance(v, bool):
         raise ProtocolError(f"unsupported protocol version {v!r} (this side speaks {PROTOCOL_VERSION})")
-    kind = _str(d, "kind", True)
+    kind, mid, re_, reply_to = get("kind"), get("id"), get("re", ""), get("reply_to", "")
     if kind not in KINDS:
         raise ProtocolError(f"unknown envelope kind {kind!r}")
-    env = Envelope(kind, id=_str(d, "id", True), re=_str(d, "re"), reply_to=_str(d, "reply_to"))
+    if not isinstance(mid, str) or not mid:
+        raise _bad("id", "must be a non-empty string")
+    if not isinstance(re_, str) or not isinstance(reply_to, str):
+        raise _bad("re" if not isinstance(re_, str) else "reply_to", "must be a string")
+    env = Envelope(kind, id=mid, re=re_, reply_to=reply_to)
     if kind in _REQUESTS:
-        env.service = _str(d, "service", True)
-        env.method = _str(d, "method", True)
-        args = d.get("args", [])
-        kwargs = d.get("kwargs", {})
-        if not isinstance(args, list):
-            raise ProtocolError("envelope field 'args' must be a list")
-        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-            raise ProtocolError("envelope field 'kwargs' must be a map with string keys")
-        env.args, env.kwargs = args, kwargs
+        service, method = get("service"), get("method")
+        if not isinstance(service, str) or not service:
+            raise _bad("service", "must be a non-empty string")
+        if not isinstance(method, str) or not method:
+            raise _bad("method", "must be a non-empty string")
+        args, kwargs = get("args", []), get("kwargs", {})
+        if type(args) is not list:
+            raise _bad("args", "must be a list")
+        if type(kwargs) is not dict or not all(type(k) is str for k in kwargs):
+            raise _bad("kwargs", "must be a map with string keys")
+        env.service, env.method, env.args, env.kwargs = service, method, args, kwargs
     elif kind == "event":
-        env.topic = _str(d, "topic", True)
-        env.payload = d.get("payload")
+        topic = get("topic")
+        if not isinstance(topic, str) or not topic:
+            raise _bad("topic", "must be a non-empty string")
+        env.topic, env.payload = topic, get("payload")
     else:
-        if not env.re:
+        if not re_:
             raise ProtocolError(f"a {kind} envelope needs 're', the id it answers")
         if kind == "reply":
-            env.result = d.get("result")
+            env.result = get("result")
         else:
-            error = d.get("error")
-            if not isinstance(error, dict):
+            error = get("error")
+            if type(error) is not dict:
                 raise ProtocolError("an error envelope needs an 'error' map")
             env.error = error
-    deadline = d.get("deadline")
+    deadline = get("deadline")
     if deadline is not None:
         if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
-            raise ProtocolError("envelope field 'deadline' must be a number")
+            raise _bad("deadline", "must be a number")
         env.deadline = float(deadline)
-    headers = d.get("headers", {})
-    if not isinstance(headers, dict) or not all(
-            isinstance(k, str) and isinstance(x, str) for k, x in headers.items()):
-        raise ProtocolError("envelope field 'headers' must be a map of strings")
-    env.headers = headers
+    headers = get("headers")
+    if headers is not None:
+        if type(headers) is not dict or not all(
+                type(k) is str and type(x) is str for k, x in headers.items()):
+            raise _bad("headers", "must be a map of strings")
+        env.headers = headers
     return env

@@ -42,10 +42,17 @@ class Binder:
             hints = {}
         self.converters = {p.name: c for p in params
                            if (c := _converter(hints.get(p.name))) is not None}
+        # Fast path: plain positional parameters called positionally need no bind().
+        plain_kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self._positional = not self.converters and all(p.kind in plain_kinds for p in params)
+        self._max_args = len(params)
+        self._min_args = sum(1 for p in params if p.default is inspect.Parameter.empty)
         self.simple = not self.converters
 
     def bind(self, args: list[Any], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The positional and keyword arguments to call with; TypeError if they do not fit."""
+        if self._positional and not kwargs and self._min_args <= len(args) <= self._max_args:
+            return tuple(args), kwargs
         bound = self.signature.bind(*args, **kwargs)
         if not self.simple:
             for name, convert in self.converters.items():

@@ -130,17 +130,18 @@ class MemoryBroker:
     def _dispatch(self, service: str) -> None:
         q = self._queues.get(service)
         while q:
-            ready = [c for c in self._consumers.get(service, ()) if c.active and len(c.unacked) < c.prefetch]
-            if not ready:
+            consumers = self._consumers.get(service, [])
+            # least busy ready replica; ties go to the one served longest ago (list order)
+            c = min((c for c in consumers if c.active and len(c.unacked) < c.prefetch),
+                    key=lambda c: len(c.unacked), default=None)
+            if c is None:
                 return
-            c = min(ready, key=lambda c: (len(c.unacked), c.tag))
             msg = q.popleft()
             tag = next(self._seq)
             c.unacked[tag] = msg
-            # round robin among equally busy replicas: move the chosen one to the back
-            consumers = self._consumers[service]
-            consumers.remove(c)
-            consumers.append(c)
+            if len(consumers) > 1:   # round robin among equally busy replicas
+                consumers.remove(c)
+                consumers.append(c)
             c.transport.post(c, tag, msg)
 
     def settle(self, c: _Consumer, tag: int, requeue: bool | None) -> None:
@@ -334,8 +335,11 @@ class MemoryTransport(Transport):
         self._post(lambda: self._deliver(consumer, tag, msg))
 
     def post_answer(self, data: bytes) -> None:
-        """Hand a reply or error to this transport's loop."""
-        self._post(lambda: self._deliver_answer(data))
+        """Hand a reply or error to this transport's loop (at once, when already on it)."""
+        if threading.get_ident() == self._thread and self._on_answer is not None:
+            self._deliver_answer(data)
+        else:
+            self._post(lambda: self._deliver_answer(data))
 
     def post_event(self, handler: EventHandler, data: bytes) -> None:
         """Hand an event to this transport's loop."""
