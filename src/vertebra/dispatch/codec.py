@@ -127,6 +127,7 @@ def _wire_with(env: Envelope, json_tags: bool) -> dict[str, Any]:
     return d
 
 
+_decoder = json.JSONDecoder()
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
@@ -150,7 +151,12 @@ class JsonCodec:
     def decode(self, data: bytes) -> Envelope:
         """Parse a JSON envelope."""
         try:
-            obj = json.loads(data)
+            text = data.decode("utf-8")
+            if text[:1].isspace():
+                text = text.lstrip()
+            obj, end = _decoder.raw_decode(text)
+            if end != len(text) and text[end:].strip():
+                raise ValueError(f"extra data after the envelope at {end}")
         except (ValueError, RecursionError) as exc:
             raise ProtocolError(f"not a JSON envelope: {exc}"[:300]) from None
         # Only a message holding '{"$' can carry tags (inside a JSON string the quote is
@@ -204,10 +210,14 @@ def get_codec(name: str) -> Codec:
 
 def decode(data: bytes) -> Envelope:
     """Decode an envelope in either codec, telling them apart by the first byte."""
-    view = bytes(data[:64]).lstrip()
-    if not view:
+    if not data:
         raise ProtocolError("empty message")
-    first = view[0]
+    first = data[0]
+    if first in b" \t\r\n":
+        view = bytes(data[:64]).lstrip()
+        if not view:
+            raise ProtocolError("empty message")
+        first = view[0]
     if first == 0x7B:
         return CODECS["json"].decode(data)
     if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..dispatch.eager import start_eagerly
 from ..dispatch.envelope import Envelope
 from ..dispatch.errors import ProtocolError, error_to_wire
 from ..dispatch.info import MethodInfo, ServiceInfo
@@ -87,10 +88,8 @@ class NodeRuntime:
     # -- calls, casts, tasks ----------------------------------------------------------------
 
     async def handle(self, incoming: Incoming) -> None:
-        """Start one message's work as its own task and return."""
-        task = asyncio.create_task(self._run(incoming))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        """Start one message's work (eagerly: see dispatch.eager) and return."""
+        start_eagerly(self._run(incoming), self._running)
 
     async def _run(self, incoming: Incoming) -> None:
         env = incoming.envelope

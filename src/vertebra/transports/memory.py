@@ -30,6 +30,7 @@ from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from ..dispatch.codec import Codec, decode
+from ..dispatch.eager import start_eagerly
 from ..dispatch.envelope import Envelope
 from ..dispatch.errors import ProtocolError
 from ..dispatch.info import ServiceInfo
@@ -249,8 +250,7 @@ class MemoryTransport(Transport):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
         self._on_answer: AnswerCallback | None = None
-        self._inbox: asyncio.Queue[Callable[[], object]] | None = None
-        self._pump: asyncio.Task[None] | None = None
+        self._connected = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     def encode(self, env: Envelope) -> bytes:
@@ -265,25 +265,21 @@ class MemoryTransport(Transport):
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._on_answer = on_answer
-        self._inbox = asyncio.Queue()
-        self._pump = asyncio.create_task(self._run_pump(), name=f"vertebra-{self.address}")
+        self._connected = True
         self.broker.attach(self)
 
     async def close(self) -> None:
         """Detach: subscriptions end, unacked work is requeued for other replicas."""
-        if self._pump is None:
+        if not self._connected:
             return
+        self._connected = False
         self.broker.detach(self)
-        self._pump.cancel()
-        try:
-            await self._pump
-        except asyncio.CancelledError:
-            pass
-        self._pump = None
+        for task in list(self._tasks):
+            task.cancel()
 
     async def send(self, env: Envelope) -> None:
         """Route a call, cast, task or event."""
-        if self._pump is None:
+        if not self._connected:
             raise ConnectionError("memory transport is not connected")
         if env.kind == "event":
             self.broker.publish(env.topic, self.encode(env))
@@ -319,16 +315,23 @@ class MemoryTransport(Transport):
     # -- cross-thread delivery: everything lands on this transport's own loop ---------------
 
     def _post(self, fn: Callable[[], object]) -> None:
-        loop, inbox = self._loop, self._inbox
-        if loop is None or inbox is None:
+        loop = self._loop
+        if loop is None or not self._connected:
             return
         if threading.get_ident() == self._thread:
-            inbox.put_nowait(fn)
+            loop.call_soon(self._run_item, fn)
         else:
             try:
-                loop.call_soon_threadsafe(inbox.put_nowait, fn)
+                loop.call_soon_threadsafe(self._run_item, fn)
             except RuntimeError:
                 log.warning("%s: loop closed, message dropped", self.address)
+
+    def _run_item(self, fn: Callable[[], object]) -> None:
+        if not self._connected:
+            return
+        result = fn()
+        if asyncio.iscoroutine(result):
+            start_eagerly(result, self._tasks)
 
     def post(self, consumer: _Consumer, tag: int, msg: _Message) -> None:
         """Hand a delivered work message to this transport's loop."""
@@ -344,13 +347,6 @@ class MemoryTransport(Transport):
     def post_event(self, handler: EventHandler, data: bytes) -> None:
         """Hand an event to this transport's loop."""
         self._post(lambda: self._deliver_event(handler, data))
-
-    async def _run_pump(self) -> None:
-        assert self._inbox is not None
-        while True:
-            result = (await self._inbox.get())()
-            if asyncio.iscoroutine(result):
-                await result
 
     def _decode(self, data: bytes) -> Envelope | None:
         try:

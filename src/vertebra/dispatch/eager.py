@@ -1,0 +1,56 @@
+"""Start a coroutine at once, in the caller's step; a Task only if it has to wait.
+
+Python 3.12 calls this an eager task.  Most handlers of a small call finish without ever
+waiting, and each task creation costs a trip round the event loop; starting them eagerly
+removes that trip.  When the coroutine does wait, the rest of it runs in a Task exactly as
+if it had been created with ``asyncio.create_task``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+__all__ = ["start_eagerly"]
+
+
+def start_eagerly(coro: Coroutine[Any, Any, None],
+                  keep: set[asyncio.Task[None]]) -> None:
+    """Run ``coro`` until it first waits; then continue it in a task kept in ``keep``."""
+    if sys.version_info >= (3, 12):
+        task = asyncio.Task(coro, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        if not task.done():
+            keep.add(task)
+            task.add_done_callback(keep.discard)
+        return
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return
+    task = asyncio.ensure_future(_resume(coro, waiting))
+    keep.add(task)
+    task.add_done_callback(keep.discard)
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Drive a coroutine that already started and is now waiting on ``waiting``."""
+    while True:
+        try:
+            if waiting is None:           # a bare yield (asyncio.sleep(0))
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait([waiting])
+        except asyncio.CancelledError:
+            if isinstance(waiting, asyncio.Future):
+                waiting.cancel()
+            try:
+                waiting = coro.throw(asyncio.CancelledError())
+            except StopIteration:
+                return
+            continue
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
