@@ -25,6 +25,7 @@ from .outbox import Backoff, Outbox, OverflowPolicy
 from .pending import PendingCalls
 from .proxy import AsyncProxy
 from .service import Servable, ServiceRuntime
+from .spool import Spool
 from .topics import matches, validate_pattern, validate_topic
 from .url import default_url
 
@@ -44,6 +45,12 @@ class AsyncBus:
     """A connection to a vertebra network through one transport.
 
     Use as ``async with AsyncBus(url) as bus``; see :func:`vertebra.connect_async`.
+
+    Options: ``codec`` ("json" or "msgpack"), ``timeout`` (default seconds per call),
+    ``outbox_size``, ``overflow`` ("drop_oldest", "drop_newest", "block"),
+    ``block_timeout``, ``linger`` (seconds to flush on close), ``max_age`` (seconds before
+    an unsendable message is given up), ``send_window`` (sends in flight), ``spool`` (a
+    file: accepted sends survive a crash; see :mod:`vertebra.dispatch.spool`).
     """
 
     def __init__(
@@ -58,6 +65,7 @@ class AsyncBus:
         linger: float = 5.0,
         max_age: float = 300.0,
         send_window: int = 64,
+        spool: str | None = None,
     ) -> None:
         self.url = url = url or default_url()
         self.codec = get_codec(codec)
@@ -65,7 +73,8 @@ class AsyncBus:
         self.linger = linger
         self.transport: Transport = open_transport(url, self.codec)
         self.outbox = Outbox(self.transport.send, maxsize=outbox_size, policy=overflow,
-                             block_timeout=block_timeout, window=send_window, max_age=max_age)
+                             block_timeout=block_timeout, window=send_window, max_age=max_age,
+                             spool=Spool(spool) if spool else None)
         self._pending = PendingCalls()
         self._runtimes: list[ServiceRuntime] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -81,24 +90,27 @@ class AsyncBus:
             return self
         self._loop = asyncio.get_running_loop()
         await self.transport.connect(self._pending.resolve)
+        self.outbox.restore()
         self.outbox.start()
         self._started = True
         return self
 
     async def close(self, linger: float | None = None) -> None:
-        """Drain served nodes, flush the outbox within ``linger`` seconds, disconnect."""
+        """Flush the outbox and drain served nodes, each within ``linger`` seconds; disconnect."""
         if self._closed or not self._started:
             self._closed = True
             return
         self._closed = True
         linger = self.linger if linger is None else linger
+        left = await self.outbox.flush(linger)     # first, so that casts to our own nodes land
         await self.stop_serving(timeout=linger)
-        left = await self.outbox.flush(linger)
         if left:
             log.warning("closing %s: %d queued message(s) not sent within linger %.1fs",
                         self.url, left, linger)
         await self.outbox.stop()
         await self.transport.close()
+        if self.outbox.spool is not None:
+            self.outbox.spool.close()
 
     async def __aenter__(self) -> AsyncBus:
         return await self.start()

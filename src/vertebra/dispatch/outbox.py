@@ -24,6 +24,7 @@ from typing import Literal
 
 from .envelope import Envelope
 from .errors import ProtocolError
+from .spool import Spool
 
 __all__ = ["Backoff", "Outbox", "OverflowPolicy"]
 
@@ -63,6 +64,7 @@ class Outbox:
         backoff: Backoff = Backoff(),
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        spool: Spool | None = None,
     ) -> None:
         if policy not in ("drop_oldest", "drop_newest", "block"):
             raise ValueError(f"unknown overflow policy {policy!r}")
@@ -75,7 +77,8 @@ class Outbox:
         self.backoff = backoff
         self.clock = clock
         self.sleep = sleep
-        self._items: collections.deque[tuple[Envelope, float]] = collections.deque()
+        self.spool = spool
+        self._items: collections.deque[tuple[Envelope, float, int]] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -102,10 +105,12 @@ class Outbox:
                                 env.topic or f"{env.service}.{env.method}")
                     return False
                 if self.policy == "drop_oldest" and len(self._items) >= self.maxsize:
-                    old, _ = self._items.popleft()
+                    old, _, old_seq = self._items.popleft()
+                    self._forget(old_seq)
                     self.counts["dropped"] += 1
                     log.warning("outbox full (%d): dropped oldest %s", self.maxsize, old.id)
-            self._items.append((env, now))
+            seq = self.spool.add(env) if self.spool is not None else 0
+            self._items.append((env, now, seq))
             self.counts["accepted"] += 1
             wake = self._idle
             self._idle = False
@@ -170,13 +175,32 @@ class Outbox:
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
-    async def _deliver(self, env: Envelope, accepted_at: float) -> None:
+    def _forget(self, seq: int) -> None:
+        if seq and self.spool is not None:
+            self.spool.remove(seq)
+
+    def restore(self) -> int:
+        """Queue what the spool kept from an earlier process; how many were restored."""
+        if self.spool is None:
+            return 0
+        now = self.clock()
+        restored = self.spool.pending()
+        with self._cond:
+            self._items.extendleft((env, now, seq) for seq, env in reversed(restored))
+            self.counts["restored"] = self.counts.get("restored", 0) + len(restored)
+        if restored:
+            log.info("restored %d unsent message(s) from %s", len(restored), self.spool.path)
+            self._kick()
+        return len(restored)
+
+    async def _deliver(self, env: Envelope, accepted_at: float, seq: int) -> None:
         assert self._slots is not None
         attempt = 0
         try:
             while True:
                 if self.clock() - accepted_at > self.max_age or env.expired():
                     self.counts["expired"] += 1
+                    self._forget(seq)
                     log.warning("gave up %s %s after %d attempts: too old", env.kind, env.id, attempt)
                     return
                 try:
@@ -189,10 +213,12 @@ class Outbox:
                     await self.sleep(delay)
                 except ProtocolError as exc:
                     self.counts["failed"] += 1
+                    self._forget(seq)
                     log.error("cannot send %s %s: %s", env.kind, env.id, exc)
                     return
                 else:
                     self.counts["sent"] += 1
+                    self._forget(seq)
                     return
         finally:
             self._inflight -= 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import logging
+import signal
 import threading
 import weakref
 from types import TracebackType
@@ -81,6 +82,7 @@ class Bus:
             raise
         with _open_lock:
             _open_buses.add(self)
+        _exit_on_sigterm()
 
     def proxy(self, service: str, timeout: float | None = None) -> Proxy:
         """A proxy whose attributes call the methods of ``service``."""
@@ -129,6 +131,19 @@ class Bus:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM a normal exit (so atexit flushes every bus), unless the program has
+    its own SIGTERM handler: then it is the program's business, and we leave it alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @atexit.register

@@ -21,15 +21,26 @@ class Node:
     ``concurrency``
         How many handlers of one replica may run at once (default 16).  It is also the
         transport's prefetch: no replica holds more unacked work than this.
-    ``max_workers``
-        Threads for sync handlers (default: ``concurrency``); async handlers run on the loop.
+    ``min_workers``, ``max_workers``, ``idle_timeout``
+        The elastic thread pool for sync handlers: it grows with the backlog up to
+        ``max_workers`` (default: ``concurrency``) and shrinks back to ``min_workers``
+        (default 1) after ``idle_timeout`` seconds idle (default 30).  Async handlers run
+        on the event loop.
+    ``dedup_window``
+        Seconds during which a message seen before (same ``idempotency-key`` header, else
+        same message id) is dropped instead of run again: at-least-once delivery becomes
+        effectively-once handling.  A duplicate call gets the first call's answer when it
+        is known.  0 (the default) turns it off.
     ``allow_tracebacks``
         Whether error replies carry the handler's traceback (default True).
     """
 
     name: ClassVar[str] = ""
     concurrency: ClassVar[int] = 16
+    min_workers: ClassVar[int] = 1
     max_workers: ClassVar[int] = 0
+    idle_timeout: ClassVar[float] = 30.0
+    dedup_window: ClassVar[float] = 0.0
     allow_tracebacks: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

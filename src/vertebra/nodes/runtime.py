@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 import inspect
 import logging
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,8 @@ from ..dispatch.info import MethodInfo, ServiceInfo
 from ..transports.base import Incoming
 from .binding import Binder
 from .decorators import ENTRYPOINT_ATTR, Entrypoint
+from .dedup import Dedup
+from .pool import ElasticPool
 
 if TYPE_CHECKING:
     from ..dispatch.bus import AsyncBus
@@ -79,11 +81,13 @@ class NodeRuntime:
                             key=lambda h: h.name))
         self.info = ServiceInfo(cls.name, methods, inspect.getdoc(cls) or "", 1, bus.transport.scheme)
         self._slots = asyncio.Semaphore(self.prefetch)
-        self._pool = ThreadPoolExecutor(max_workers=cls.max_workers or self.prefetch,
-                                        thread_name_prefix=f"vertebra-{cls.name}")
+        max_workers = cls.max_workers or self.prefetch
+        self.pool = ElasticPool(min(cls.min_workers, max_workers), max_workers, cls.idle_timeout,
+                                name=f"vertebra-{cls.name}")
+        self.dedup = Dedup(cls.dedup_window)
         self._running: set[asyncio.Task[None]] = set()
         self._draining = False
-        self.counts = {"calls": 0, "errors": 0, "expired": 0, "events": 0}
+        self.counts = {"calls": 0, "errors": 0, "expired": 0, "events": 0, "duplicates": 0}
 
     # -- calls, casts, tasks ----------------------------------------------------------------
 
@@ -104,6 +108,15 @@ class NodeRuntime:
                         f"service {self.info.name!r} has no method {env.method!r}")))
                 await incoming.reject(False)
                 return
+            if self.dedup.enabled:
+                seen, answer = self.dedup.check(env)
+                if seen:
+                    self.counts["duplicates"] += 1
+                    log.info("%s: dropped duplicate %s %s", self.info.name, env.kind, env.id)
+                    if is_call and answer is not None:
+                        await incoming.reply(dataclasses.replace(answer, reply_to=env.reply_to))
+                    await incoming.ack()
+                    return
             async with self._slots:
                 if env.expired():
                     self.counts["expired"] += 1
@@ -122,11 +135,13 @@ class NodeRuntime:
                     await self._failed(incoming, h, exc)
                     return
             if is_call:
+                answer = env.answer(result)
                 try:
-                    await incoming.reply(env.answer(result))
+                    await incoming.reply(answer)
                 except ProtocolError as exc:
-                    await incoming.reply(env.fail(_error(
-                        "remote", "ProtocolError", f"cannot send the result: {exc}")))
+                    answer = env.fail(_error("remote", "ProtocolError", f"cannot send the result: {exc}"))
+                    await incoming.reply(answer)
+                self.dedup.remember(env, answer)
             await incoming.ack()
         except Exception:
             log.exception("%s: failed to answer %s %s", self.info.name, env.kind, env.id)
@@ -136,7 +151,7 @@ class NodeRuntime:
             return await h.func(*args, **kwargs)
         ctx = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(
-            self._pool, functools.partial(ctx.run, h.func, *args, **kwargs))
+            self.pool, functools.partial(ctx.run, h.func, *args, **kwargs))
 
     async def _failed(self, incoming: Incoming, h: _Handler, exc: Exception) -> None:
         env = incoming.envelope
@@ -148,6 +163,7 @@ class NodeRuntime:
         log.error("%s.%s (%s %s) raised %s: %s", self.info.name, h.name, env.kind, env.id,
                   type(exc).__name__, exc)
         if h.entry.kind == "task" and not isinstance(exc, TypeError):
+            self.dedup.forget(env)        # the retry must run, not be taken for a duplicate
             await incoming.reject(True)   # another attempt; the transport dead-letters past N
         else:
             await incoming.reject(False)
@@ -185,5 +201,5 @@ class NodeRuntime:
         if pending:
             log.warning("%s: %d handler(s) still running after %.1fs drain", self.info.name,
                         len(pending), timeout)
-        self._pool.shutdown(wait=False)
+        self.pool.shutdown(wait=False)
         return len(pending)
