@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -114,9 +115,45 @@ def format_services(services: list[ServiceInfo]) -> str:
 
 
 @main.command()
-@click.option("--url", default=None, help=URL_HELP)
+@click.option("--url", default=None,
+              help="Transport URL (default: $VERTEBRA_URL, else an embedded ZeroMQ hub on loopback).")
 def demo(url: str | None) -> None:
     """The main job on the embedded default: nodes and a client doing calls, tasks, events."""
     from .demo import run_demo
 
-    run_demo(url or default_url(), click.echo)
+    url = url or os.environ.get("VERTEBRA_URL")
+    if url:
+        run_demo(url, click.echo)
+        return
+    hub_class = _zmq_attr("Hub")
+    with hub_class("tcp://127.0.0.1:0") as hub:
+        click.echo(f"embedded ZeroMQ hub on {hub.url}")
+        run_demo(hub.url, click.echo)
+
+
+def _zmq_attr(name: str) -> Any:
+    try:
+        from .transports import zmq as zmq_transport
+    except ImportError as exc:
+        raise click.ClickException(f"{exc}; pip install 'vertebra[zmq]'") from None
+    return getattr(zmq_transport, name)
+
+
+@main.command()
+@click.option("--bind", default="tcp://127.0.0.1:7000", show_default=True,
+              help="ZeroMQ endpoint to bind (the zmq:// URL clients use is printed).")
+@click.option("--secret-key", "secret_key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CURVE secret key file (from `vertebra keygen`): encrypt and authenticate.")
+@click.option("--allow", multiple=True,
+              help="Client public key (Z85 text or key file) allowed in; repeatable.")
+def hub(bind: str, secret_key: str | None, allow: tuple[str, ...]) -> None:
+    """Run a ZeroMQ hub until SIGINT/SIGTERM."""
+    _zmq_attr("run_hub")(bind, curve_secret_key_file=secret_key, allow=list(allow) or None)
+
+
+@main.command()
+@click.argument("prefix")
+def keygen(prefix: str) -> None:
+    """Write a CURVE key pair: PREFIX.key (public) and PREFIX.key_secret (mode 0600)."""
+    public, secret = _zmq_attr("keygen")(prefix)
+    click.echo(f"public key: {public}\nsecret key: {secret}")
