@@ -1,7 +1,7 @@
 """Round trips per second through the whole stack in one process, beside a bare
 asyncio.Queue ping-pong measured in the same run.
 
-    python bench/inproc.py [--seconds 1.0] [--repeat 5]
+    python -m bench.inproc [--seconds 1.0] [--repeat 5]
 
 Each figure is the median of ``--repeat`` runs of ``--seconds`` each; the ratio to the
 bare ping-pong is the number that matters (issue 2 asks ≥ 0.25 for async calls).
@@ -95,13 +95,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     rows: dict[str, list[float]] = {}
+    secs = args.seconds
     cases: dict[str, Callable[[], float]] = {
-        "bare asyncio.Queue ping-pong": lambda: asyncio.run(bare_queue(args.seconds)),
-        "vertebra async call, async handler (json)": lambda: asyncio.run(vertebra_async("aecho", "json", args.seconds)),
+        "bare asyncio.Queue ping-pong": lambda: asyncio.run(bare_queue(secs)),
+        "vertebra async call, async handler (json)": lambda: asyncio.run(
+            vertebra_async("aecho", "json", secs)),
         "vertebra async call, async handler (msgpack)": lambda: asyncio.run(
-            vertebra_async("aecho", "msgpack", args.seconds)),
-        "vertebra async call, sync handler (json)": lambda: asyncio.run(vertebra_async("echo", "json", args.seconds)),
-        "vertebra sync call from a thread (json)": lambda: vertebra_sync(args.seconds),
+            vertebra_async("aecho", "msgpack", secs)),
+        "vertebra async call, sync handler (json)": lambda: asyncio.run(vertebra_async("echo", "json", secs)),
+        "vertebra sync call from a thread (json)": lambda: vertebra_sync(secs),
     }
     for _ in range(args.repeat):     # interleaved, so drift on a noisy machine hits every case
         for name, case in cases.items():
