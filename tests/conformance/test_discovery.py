@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
+import vertebra
+
 from .services import Calc, Solo
 from .util import poll_nodes
 
@@ -32,3 +36,19 @@ async def test_a_stopped_service_leaves_discovery(open_bus):
     await poll_nodes(client, lambda f: "solo" in f)
     await node.stop_serving(timeout=2)
     await poll_nodes(client, lambda f: "solo" not in f)
+
+
+async def test_every_node_answers_the_builtin_stats_call(open_bus):
+    await (await open_bus("calc")).serve(Calc("r1"))
+    client = await open_bus()
+    calc = client.proxy("calc")
+    assert await calc.add(1, 2) == 3
+    with pytest.raises(vertebra.RemoteError):
+        await calc.fail("x")
+    stats = await calc["_vertebra_stats"]()
+    assert stats["service"] == "calc"
+    assert stats["methods"]["add"]["calls"] == 1
+    assert stats["methods"]["add"]["errors"] == 0
+    assert stats["methods"]["fail"] == {**stats["methods"]["fail"], "calls": 1, "errors": 1, "in_flight": 0}
+    assert stats["methods"]["add"]["p99_ms"] >= stats["methods"]["add"]["p50_ms"] >= 0
+    assert "outbox" in stats["bus"]

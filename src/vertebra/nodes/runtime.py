@@ -16,6 +16,9 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
+import socket
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,14 +33,18 @@ from .binding import Binder
 from .decorators import ENTRYPOINT_ATTR, Entrypoint
 from .dedup import Dedup
 from .pool import ElasticPool
+from .stats import MethodStats
 
 if TYPE_CHECKING:
     from ..dispatch.bus import AsyncBus
     from .node import Node
 
-__all__ = ["NodeRuntime"]
+__all__ = ["STATS_METHOD", "NodeRuntime"]
 
 log = logging.getLogger("vertebra.node")
+
+STATS_METHOD = "_vertebra_stats"
+"""The built-in method every node answers with its statistics (see :meth:`NodeRuntime.stats`)."""
 
 
 @dataclass(slots=True)
@@ -88,6 +95,10 @@ class NodeRuntime:
         self._running: set[asyncio.Task[None]] = set()
         self._draining = False
         self.counts = {"calls": 0, "errors": 0, "expired": 0, "events": 0, "duplicates": 0}
+        self.methods = {name: MethodStats() for name in [*self.handlers, *(
+            h.name for hs in self.events.values() for h in hs)]}
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._builtins: dict[str, Callable[[], Any]] = {STATS_METHOD: self.stats}
 
     # -- calls, casts, tasks ----------------------------------------------------------------
 
@@ -100,6 +111,11 @@ class NodeRuntime:
         is_call = env.kind == "call"
         h = self.handlers.get(env.method)
         try:
+            if h is None and env.method in self._builtins:
+                if is_call:
+                    await incoming.reply(env.answer(self._builtins[env.method]()))
+                await incoming.ack()
+                return
             if h is None:
                 log.warning("%s: no method %r (from %s)", self.info.name, env.method, env.kind)
                 if is_call:
@@ -127,13 +143,21 @@ class NodeRuntime:
                     await incoming.ack()
                     return
                 self.counts["calls"] += 1
+                stats = self.methods[h.name]
+                stats.calls += 1
+                stats.in_flight += 1
+                started = time.perf_counter()
                 try:
                     args, kwargs = h.binder.bind(env.args, env.kwargs)
                     result = await self._invoke(h, args, kwargs)
                 except Exception as exc:
                     self.counts["errors"] += 1
+                    stats.errors += 1
                     await self._failed(incoming, h, exc)
                     return
+                finally:
+                    stats.in_flight -= 1
+                    stats.latencies.append(time.perf_counter() - started)
             if is_call:
                 answer = env.answer(result)
                 try:
@@ -182,11 +206,29 @@ class NodeRuntime:
     async def _run_event(self, h: _Handler, env: Envelope) -> None:
         async with self._slots:
             self.counts["events"] += 1
+            stats = self.methods[h.name]
+            stats.calls += 1
+            stats.in_flight += 1
+            started = time.perf_counter()
             try:
                 await self._invoke(h, (env.topic, env.payload), {})
             except Exception:
                 self.counts["errors"] += 1
+                stats.errors += 1
                 log.exception("%s.%s failed on event %s", self.info.name, h.name, env.topic)
+            finally:
+                stats.in_flight -= 1
+                stats.latencies.append(time.perf_counter() - started)
+
+    # -- introspection --------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """This replica's figures: per method, its pool, its bus (answers ``STATS_METHOD``)."""
+        return {"service": self.info.name, "replica": self.replica, "counts": dict(self.counts),
+                "methods": {name: m.snapshot() for name, m in sorted(self.methods.items())},
+                "pool": {"threads": self.pool.size, "peak": self.pool.peak,
+                         "max": self.pool.max_workers},
+                "bus": self.bus.stats()}
 
     # -- drain ------------------------------------------------------------------------------
 
