@@ -57,6 +57,7 @@ def require_processes(url_for) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)
 def test_worker_killed_mid_task_loses_nothing(url_for, tmp_path):
     require_processes(url_for)
     a_out, b_out = tmp_path / "a", tmp_path / "b"
@@ -87,6 +88,7 @@ def test_worker_killed_mid_task_loses_nothing(url_for, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)
 def test_sender_killed_with_a_spool_loses_nothing(url_for, tmp_path):
     require_processes(url_for)
     n = 10_000
