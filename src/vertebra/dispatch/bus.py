@@ -27,6 +27,7 @@ from .proxy import AsyncProxy
 from .service import Servable, ServiceRuntime
 from .spool import Spool
 from .topics import matches, validate_pattern, validate_topic
+from .tracing import producer_span
 from .url import default_url
 
 __all__ = ["AsyncBus"]
@@ -140,8 +141,9 @@ class AsyncBus:
         loop = asyncio.get_running_loop()
         timer = loop.call_at(loop.time() + timeout, _expire, fut, service, method, timeout)
         try:
-            await self._send_until(env, deadline)
-            return await fut
+            with producer_span(env, self.transport.scheme):
+                await self._send_until(env, deadline)
+                return await fut
         finally:
             timer.cancel()
             self._pending.discard(env.id)
@@ -170,13 +172,17 @@ class AsyncBus:
         """
         env = Envelope(kind, service=service, method=method, args=list(args),
                        kwargs=kwargs or {}, headers=headers or {})
-        return env.id if self.outbox.put(env) else None
+        return self._enqueue(env)
+
+    def _enqueue(self, env: Envelope) -> str | None:
+        with producer_span(env, self.transport.scheme):
+            return env.id if self.outbox.put(env) else None
 
     def publish(self, topic: str, payload: Any = None, *,
                 headers: dict[str, str] | None = None) -> str | None:
         """Queue an event for every subscriber of a matching pattern; any thread."""
         env = Envelope("event", topic=validate_topic(topic), payload=payload, headers=headers or {})
-        return env.id if self.outbox.put(env) else None
+        return self._enqueue(env)
 
     async def flush(self, timeout: float | None = None) -> int:
         """Wait until the outbox is empty (or ``timeout``); return how many are left."""

@@ -28,6 +28,7 @@ from ..dispatch.eager import start_eagerly
 from ..dispatch.envelope import Envelope
 from ..dispatch.errors import ProtocolError, error_to_wire
 from ..dispatch.info import MethodInfo, ServiceInfo
+from ..dispatch.tracing import consumer_span
 from ..transports.base import Incoming
 from .binding import Binder
 from .decorators import ENTRYPOINT_ATTR, Entrypoint
@@ -148,8 +149,9 @@ class NodeRuntime:
                 stats.in_flight += 1
                 started = time.perf_counter()
                 try:
-                    args, kwargs = h.binder.bind(env.args, env.kwargs)
-                    result = await self._invoke(h, args, kwargs)
+                    with consumer_span(env, self.info.transport):
+                        args, kwargs = h.binder.bind(env.args, env.kwargs)
+                        result = await self._invoke(h, args, kwargs)
                 except Exception as exc:
                     self.counts["errors"] += 1
                     stats.errors += 1
@@ -211,7 +213,8 @@ class NodeRuntime:
             stats.in_flight += 1
             started = time.perf_counter()
             try:
-                await self._invoke(h, (env.topic, env.payload), {})
+                with consumer_span(env, self.info.transport):
+                    await self._invoke(h, (env.topic, env.payload), {})
             except Exception:
                 self.counts["errors"] += 1
                 stats.errors += 1

@@ -1,0 +1,78 @@
+"""Trace context across nodes and transports: W3C ``traceparent`` in the envelope headers.
+
+OpenTelemetry is optional.  When ``opentelemetry-api`` is installed, every call, cast,
+task and event gets a span (client/producer on the sending side, server/consumer around
+the handler), and the sending span's context travels in ``headers["traceparent"]`` (and
+``tracestate``), so a call chain or a workflow across processes and transports is one
+trace.  Without it, these functions cost one attribute check and do nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+try:  # optional: pip install 'vertebra[otel]'
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+except ImportError:  # exercised by the extras-free CI run
+    trace = None  # type: ignore[assignment]
+
+from .envelope import Envelope
+
+__all__ = ["ENABLED", "consumer_span", "producer_span"]
+
+ENABLED = trace is not None
+_KINDS = {"call": "CLIENT", "cast": "PRODUCER", "task": "PRODUCER", "event": "PRODUCER"}
+
+
+def _name(env: Envelope) -> str:
+    return env.topic if env.kind == "event" else f"{env.service}.{env.method}"
+
+
+def _attributes(env: Envelope, transport: str) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"messaging.system": transport, "messaging.message.id": env.id,
+                             "vertebra.kind": env.kind}
+    if env.kind == "event":
+        attrs["messaging.destination.name"] = env.topic
+    else:
+        attrs.update({"rpc.system": "vertebra", "rpc.service": env.service, "rpc.method": env.method})
+    return attrs
+
+
+@contextlib.contextmanager
+def producer_span(env: Envelope, transport: str) -> Iterator[None]:
+    """A span for sending ``env``; its context is injected into ``env.headers``."""
+    if trace is None:
+        yield
+        return
+    tracer = trace.get_tracer("vertebra")
+    kind = getattr(SpanKind, _KINDS.get(env.kind, "PRODUCER"))
+    with tracer.start_as_current_span(f"{_name(env)} {env.kind}", kind=kind,
+                                      attributes=_attributes(env, transport)) as span:
+        propagate.inject(env.headers)
+        try:
+            yield
+        except Exception as exc:
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+
+
+@contextlib.contextmanager
+def consumer_span(env: Envelope, transport: str) -> Iterator[None]:
+    """A span around handling ``env``, a child of the context its headers carry."""
+    if trace is None:
+        yield
+        return
+    tracer = trace.get_tracer("vertebra")
+    kind = SpanKind.SERVER if env.kind == "call" else SpanKind.CONSUMER
+    parent = propagate.extract(env.headers)
+    with tracer.start_as_current_span(f"{_name(env)} {'handle' if env.kind != 'event' else 'receive'}",
+                                      context=parent, kind=kind,
+                                      attributes=_attributes(env, transport)) as span:
+        try:
+            yield
+        except Exception as exc:
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
