@@ -19,7 +19,7 @@ def tracer_provider():
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
     trace.set_tracer_provider(provider)
-    yield provider
+    return provider
 
 
 class Back(Node):
