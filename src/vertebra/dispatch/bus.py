@@ -244,6 +244,11 @@ class AsyncBus:
 
     # -- discovery and stats ----------------------------------------------------------------
 
+    @property
+    def runtimes(self) -> tuple[ServiceRuntime, ...]:
+        """The services this bus serves now."""
+        return tuple(self._runtimes)
+
     async def nodes(self) -> list[ServiceInfo]:
         """The live services, with their methods, signatures and docstrings."""
         return sorted(await self.transport.discover(), key=lambda s: s.name)

@@ -31,6 +31,9 @@ class ServiceRuntime(Protocol):
     async def drain(self, timeout: float) -> int:
         """Take no new work; wait up to ``timeout`` for work in flight; return what is left."""
 
+    def stats(self) -> dict[str, Any]:
+        """This replica's statistics (the answer to the built-in stats call)."""
+
 
 @runtime_checkable
 class Servable(Protocol):

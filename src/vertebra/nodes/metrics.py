@@ -1,0 +1,78 @@
+"""Prometheus metrics for the nodes a bus serves (optional: ``pip install 'vertebra[prometheus]'``).
+
+``start_metrics_server(bus, port)`` serves ``/metrics`` over HTTP; each scrape reads the
+same figures as the built-in stats call, so nothing is counted twice.  Names follow the
+Prometheus conventions (``_total`` counters, base units: seconds)::
+
+    vertebra_handler_calls_total{service,method}        runs of each entry point
+    vertebra_handler_errors_total{service,method}       runs that raised
+    vertebra_handler_in_flight{service,method}          running now
+    vertebra_handler_latency_seconds{service,method,quantile="0.5"|"0.99"}  recent window
+    vertebra_outbox_messages{state="queued"}            waiting to be sent
+    vertebra_outbox_events_total{outcome=...}           accepted, sent, dropped, expired, retries, failed
+    vertebra_transport_events_total{transport,event}    reconnects, malformed input, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import start_http_server
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+if TYPE_CHECKING:
+    from ..dispatch.bus import AsyncBus
+
+__all__ = ["BusCollector", "start_metrics_server"]
+
+
+class BusCollector(Collector):
+    """Reads a bus's statistics at scrape time."""
+
+    def __init__(self, bus: AsyncBus) -> None:
+        self.bus = bus
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families of this bus and the nodes it serves."""
+        labels = ["service", "method"]
+        calls = CounterMetricFamily("vertebra_handler_calls", "Handler runs.", labels=labels)
+        errors = CounterMetricFamily("vertebra_handler_errors", "Handler runs that raised.", labels=labels)
+        in_flight = GaugeMetricFamily("vertebra_handler_in_flight", "Handlers running now.", labels=labels)
+        latency = GaugeMetricFamily("vertebra_handler_latency_seconds",
+                                    "Handler latency over the recent window.", labels=[*labels, "quantile"])
+        for rt in self.bus.runtimes:
+            stats: dict[str, Any] = rt.stats()
+            for method, m in stats["methods"].items():
+                key = [stats["service"], method]
+                calls.add_metric(key, m["calls"])
+                errors.add_metric(key, m["errors"])
+                in_flight.add_metric(key, m["in_flight"])
+                latency.add_metric([*key, "0.5"], m["p50_ms"] / 1000)
+                latency.add_metric([*key, "0.99"], m["p99_ms"] / 1000)
+        yield from (calls, errors, in_flight, latency)
+        bus_stats = self.bus.stats()
+        outbox = bus_stats["outbox"]
+        depth = GaugeMetricFamily("vertebra_outbox_messages", "Messages in the outbox.", labels=["state"])
+        depth.add_metric(["queued"], outbox["queued"])
+        yield depth
+        events = CounterMetricFamily("vertebra_outbox_events", "What happened to outbox messages.",
+                                     labels=["outcome"])
+        for outcome, n in outbox.items():
+            if outcome != "queued":
+                events.add_metric([outcome], n)
+        yield events
+        transport = CounterMetricFamily("vertebra_transport_events", "Transport events.",
+                                        labels=["transport", "event"])
+        for event, n in bus_stats["transport"].items():
+            if isinstance(n, (int, float)):
+                transport.add_metric([self.bus.transport.scheme, event], n)
+        yield transport
+
+
+def start_metrics_server(bus: AsyncBus, port: int = 9464, addr: str = "127.0.0.1",
+                         registry: CollectorRegistry = REGISTRY) -> None:
+    """Serve ``/metrics`` for ``bus`` on ``addr:port`` (a daemon thread)."""
+    registry.register(BusCollector(bus))
+    start_http_server(port, addr=addr, registry=registry)

@@ -1,0 +1,52 @@
+"""Prometheus metrics: the same figures as the stats call, under conventional names."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import pytest
+from prometheus_client.core import CollectorRegistry
+
+import vertebra
+from vertebra import Node, rpc
+from vertebra.nodes.metrics import start_metrics_server
+
+
+class Shop(Node):
+    name = "shop"
+
+    @rpc
+    def buy(self, item: str) -> str:
+        if item == "nothing":
+            raise ValueError("nothing to buy")
+        return item
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_endpoint_exposes_handler_and_outbox_figures():
+    with vertebra.connect("memory://metrics") as bus:
+        bus.serve(Shop())
+        port = free_port()
+        start_metrics_server(bus.core, port, registry=CollectorRegistry())
+        shop = bus.proxy("shop")
+        for _ in range(3):
+            shop.buy("apple")
+        with pytest.raises(vertebra.RemoteError):
+            shop.buy("nothing")
+        bus.publish("x.y", 1)
+        bus.flush()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    lines = set(text.splitlines())
+    assert 'vertebra_handler_calls_total{method="buy",service="shop"} 4.0' in lines
+    assert 'vertebra_handler_errors_total{method="buy",service="shop"} 1.0' in lines
+    assert 'vertebra_handler_in_flight{method="buy",service="shop"} 0.0' in lines
+    p99 = 'vertebra_handler_latency_seconds{method="buy",quantile="0.99",service="shop"}'
+    assert any(line.startswith(p99) for line in lines)
+    assert 'vertebra_outbox_events_total{outcome="sent"} 1.0' in lines
+    assert 'vertebra_outbox_messages{state="queued"} 0.0' in lines
