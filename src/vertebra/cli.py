@@ -1,4 +1,4 @@
-"""The ``vertebra`` command: serve nodes, call them, list them, run the demo."""
+"""The ``vertebra`` command: serve nodes, call them, list and monitor them, run a hub, the demo."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 import click
@@ -87,16 +88,57 @@ def _json_arg(text: str) -> Any:
 @main.command()
 @click.argument("url", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def nodes(url: str | None, as_json: bool) -> None:
-    """List the live services on URL with their methods."""
+@click.option("--methods", "signatures", is_flag=True, help="List methods with signatures and docs instead.")
+def nodes(url: str | None, as_json: bool, signatures: bool) -> None:
+    """The live services on URL, their methods and figures (what `monitor` shows, once)."""
     from . import connect
+    from .monitor import plain_table, take_snapshot
 
     with connect(url or default_url()) as bus:
-        services = bus.nodes()
-    if as_json:
-        click.echo(json.dumps([s.to_dict() for s in services], indent=2))
-        return
-    click.echo(format_services(services))
+        if signatures:
+            services = bus.nodes()
+            click.echo(json.dumps([s.to_dict() for s in services], indent=2) if as_json
+                       else format_services(services))
+            return
+        snap = take_snapshot(bus)
+    click.echo(json.dumps(snap.to_json(), indent=2) if as_json else plain_table(snap))
+
+
+@main.command()
+@click.argument("url", required=False)
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--count", default=0, help="Stop after this many refreshes (0: until Ctrl-C).")
+def monitor(url: str | None, interval: float, count: int) -> None:
+    """A live view of the services on URL: rates, errors, in flight, latency, outbox."""
+    try:
+        from rich.live import Live
+        from rich.table import Table
+    except ImportError:
+        raise click.ClickException("the monitor needs rich: pip install 'vertebra[monitor]'") from None
+    from . import connect
+    from .monitor import COLUMNS, cells, take_snapshot
+
+    url = url or default_url()
+    with connect(url) as bus, Live(auto_refresh=False) as live:
+        snap = None
+        n = 0
+        try:
+            while True:
+                snap = take_snapshot(bus, snap)
+                table = Table(title=f"vertebra monitor — {url}", caption=time.strftime("%H:%M:%S"))
+                for col in COLUMNS:
+                    table.add_column(col, justify="left" if col in ("service", "method", "kind") else "right")
+                for r in snap.rows:
+                    table.add_row(*cells(r))
+                for name in snap.unreachable:
+                    table.add_row(name, "", "(no answer)")
+                live.update(table, refresh=True)
+                n += 1
+                if count and n >= count:
+                    return
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
 
 
 def format_services(services: list[ServiceInfo]) -> str:
