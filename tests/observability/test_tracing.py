@@ -96,3 +96,16 @@ def test_errors_mark_both_spans_and_casts_are_producer_spans():
     assert spans["back.record cast"].kind == trace.SpanKind.PRODUCER
     assert spans["back.record handle"].kind == trace.SpanKind.CONSUMER
     assert spans["back.record handle"].parent.span_id == spans["back.record cast"].context.span_id
+
+
+def test_log_records_about_a_message_carry_structured_fields(caplog):
+    with vertebra.connect("memory://logfields") as bus:
+        bus.serve(Back())
+        EXPORTER.clear()
+        with caplog.at_level("WARNING", logger="vertebra"), pytest.raises(vertebra.Unreachable):
+            bus.proxy("back").no_such_method()
+    record = next(r for r in caplog.records if "no method" in r.getMessage())
+    assert (record.service, record.method, record.kind) == ("back", "no_such_method", "call")
+    assert record.message_id and len(record.trace_id) == 32        # from the traceparent header
+    call = next(s for s in EXPORTER.get_finished_spans() if s.name == "back.no_such_method call")
+    assert record.trace_id == format(call.context.trace_id, "032x")

@@ -24,6 +24,7 @@ from typing import Literal
 
 from .envelope import Envelope
 from .errors import ProtocolError
+from .logfields import fields
 from .spool import Spool
 
 __all__ = ["Backoff", "Outbox", "OverflowPolicy"]
@@ -102,13 +103,14 @@ class Outbox:
                         self.policy == "block" and not self._wait_for_room()):
                     self.counts["dropped"] += 1
                     log.warning("outbox full (%d): dropped %s %s", self.maxsize, env.kind,
-                                env.topic or f"{env.service}.{env.method}")
+                                env.topic or f"{env.service}.{env.method}", extra=fields(env))
                     return False
                 if self.policy == "drop_oldest" and len(self._items) >= self.maxsize:
                     old, _, old_seq = self._items.popleft()
                     self._forget(old_seq)
                     self.counts["dropped"] += 1
-                    log.warning("outbox full (%d): dropped oldest %s", self.maxsize, old.id)
+                    log.warning("outbox full (%d): dropped oldest %s", self.maxsize, old.id,
+                                extra=fields(old))
             seq = self.spool.add(env) if self.spool is not None else 0
             self._items.append((env, now, seq))
             self.counts["accepted"] += 1
@@ -201,7 +203,8 @@ class Outbox:
                 if self.clock() - accepted_at > self.max_age or env.expired():
                     self.counts["expired"] += 1
                     self._forget(seq)
-                    log.warning("gave up %s %s after %d attempts: too old", env.kind, env.id, attempt)
+                    log.warning("gave up %s %s after %d attempts: too old", env.kind, env.id, attempt,
+                                extra=fields(env))
                     return
                 try:
                     await self._send(env)
@@ -209,12 +212,13 @@ class Outbox:
                     self.counts["retries"] += 1
                     delay = self.backoff.delay(attempt)
                     attempt += 1
-                    log.info("send of %s failed (%s); retry %d in %.3fs", env.id, exc, attempt, delay)
+                    log.info("send of %s failed (%s); retry %d in %.3fs", env.id, exc, attempt, delay,
+                             extra=fields(env))
                     await self.sleep(delay)
                 except ProtocolError as exc:
                     self.counts["failed"] += 1
                     self._forget(seq)
-                    log.error("cannot send %s %s: %s", env.kind, env.id, exc)
+                    log.error("cannot send %s %s: %s", env.kind, env.id, exc, extra=fields(env))
                     return
                 else:
                     self.counts["sent"] += 1

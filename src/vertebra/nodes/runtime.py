@@ -28,6 +28,7 @@ from ..dispatch.eager import start_eagerly
 from ..dispatch.envelope import Envelope
 from ..dispatch.errors import ProtocolError, error_to_wire
 from ..dispatch.info import MethodInfo, ServiceInfo
+from ..dispatch.logfields import fields
 from ..dispatch.tracing import consumer_span
 from ..transports.base import Incoming
 from .binding import Binder
@@ -118,7 +119,8 @@ class NodeRuntime:
                 await incoming.ack()
                 return
             if h is None:
-                log.warning("%s: no method %r (from %s)", self.info.name, env.method, env.kind)
+                log.warning("%s: no method %r (from %s)", self.info.name, env.method, env.kind,
+                            extra=fields(env))
                 if is_call:
                     await incoming.reply(env.fail(_error(
                         "unreachable", "Unreachable",
@@ -129,7 +131,8 @@ class NodeRuntime:
                 seen, answer = self.dedup.check(env)
                 if seen:
                     self.counts["duplicates"] += 1
-                    log.info("%s: dropped duplicate %s %s", self.info.name, env.kind, env.id)
+                    log.info("%s: dropped duplicate %s %s", self.info.name, env.kind, env.id,
+                             extra=fields(env))
                     if is_call and answer is not None:
                         await incoming.reply(dataclasses.replace(answer, reply_to=env.reply_to))
                     await incoming.ack()
@@ -170,7 +173,8 @@ class NodeRuntime:
                 self.dedup.remember(env, answer)
             await incoming.ack()
         except Exception:
-            log.exception("%s: failed to answer %s %s", self.info.name, env.kind, env.id)
+            log.exception("%s: failed to answer %s %s", self.info.name, env.kind, env.id,
+                          extra=fields(env))
 
     async def _invoke(self, h: _Handler, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if h.is_async:
@@ -187,7 +191,8 @@ class NodeRuntime:
             await incoming.ack()
             return
         log.error("%s.%s (%s %s) raised %s: %s", self.info.name, h.name, env.kind, env.id,
-                  type(exc).__name__, exc)
+                  type(exc).__name__, exc,
+                  extra=fields(env))
         if h.entry.kind == "task" and not isinstance(exc, TypeError):
             self.dedup.forget(env)        # the retry must run, not be taken for a duplicate
             await incoming.reject(True)   # another attempt; the transport dead-letters past N
@@ -218,7 +223,8 @@ class NodeRuntime:
             except Exception:
                 self.counts["errors"] += 1
                 stats.errors += 1
-                log.exception("%s.%s failed on event %s", self.info.name, h.name, env.topic)
+                log.exception("%s.%s failed on event %s", self.info.name, h.name, env.topic,
+                              extra=fields(env, self.info.name))
             finally:
                 stats.in_flight -= 1
                 stats.latencies.append(time.perf_counter() - started)
