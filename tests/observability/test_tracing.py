@@ -109,3 +109,13 @@ def test_log_records_about_a_message_carry_structured_fields(caplog):
     assert record.message_id and len(record.trace_id) == 32        # from the traceparent header
     call = next(s for s in EXPORTER.get_finished_spans() if s.name == "back.no_such_method call")
     assert record.trace_id == format(call.context.trace_id, "032x")
+
+
+def test_handler_spans_close_in_the_context_they_opened_in(caplog):
+    """A sync handler suspends the runtime's coroutine (thread pool); its span must still
+    be closed in the same context, or OpenTelemetry logs 'Failed to detach context'."""
+    with vertebra.connect("memory://ctx") as bus, caplog.at_level("ERROR"):
+        bus.serve(Back())
+        for i in range(20):
+            assert bus.proxy("back").double(i) == 2 * i
+    assert not [r for r in caplog.records if "detach" in r.getMessage()]

@@ -9,6 +9,7 @@ if it had been created with ``asyncio.create_task``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -25,11 +26,15 @@ def start_eagerly(coro: Coroutine[Any, Any, None],
             keep.add(task)
             task.add_done_callback(keep.discard)
         return
+    # Like a Task: the coroutine runs in a copy of the caller's context, and keeps that one
+    # context from its first step to its last (context variables set inside it, e.g. the
+    # current tracing span, are reset in the context they were set in).
+    ctx = contextvars.copy_context()
     try:
-        waiting = coro.send(None)
+        waiting = ctx.run(coro.send, None)
     except StopIteration:
         return
-    task = asyncio.ensure_future(_resume(coro, waiting))
+    task = asyncio.get_running_loop().create_task(_resume(coro, waiting), context=ctx)
     keep.add(task)
     task.add_done_callback(keep.discard)
 
