@@ -1,0 +1,90 @@
+"""Every exchange and queue vertebra declares on RabbitMQ: names, flags, arguments.
+
+All names start with the URL's ``prefix`` (empty by default), so that several vertebra
+networks can share one vhost (``?prefix=staging.``).  For a prefix ``P`` and a service
+``S``:
+
+=============================  ========  ======================================================
+name                           type      flags / arguments
+=============================  ========  ======================================================
+``P`` + ``vertebra.events``    topic     durable exchange; routing key = the event's topic
+``P`` + ``vertebra.discovery`` fanout    durable exchange; discovery requests
+``P`` + ``vertebra.dlx``       direct    durable exchange; dead letters of task queues
+``P`` + ``vertebra.call.S``    queue     non-durable, auto-delete: exists while a replica serves
+``P`` + ``vertebra.task.S``    queue     durable; x-dead-letter-exchange = the dlx,
+                                         x-dead-letter-routing-key = the dead queue's name
+``P`` + ``vertebra.dead.S``    queue     durable; bound to the dlx with its own name
+(server-named)                 queue     exclusive, auto-delete: one per bus that subscribes
+                                         (bound to events) or serves (bound to discovery)
+=============================  ========  ======================================================
+
+Replies use RabbitMQ's direct reply-to pseudo-queue ``amq.rabbitmq.reply-to``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["ATTEMPTS_HEADER", "ERROR_HEADER", "REDELIVERIES_HEADER", "REPLY_TO", "Topology"]
+
+REPLY_TO: Final = "amq.rabbitmq.reply-to"
+"""RabbitMQ's direct reply-to pseudo-queue."""
+ATTEMPTS_HEADER: Final = "x-vertebra-attempts"
+"""How many times a task has failed so far (absent: never)."""
+REDELIVERIES_HEADER: Final = "x-vertebra-redeliveries"
+"""How many times a task came back unacknowledged (its worker died, or its link)."""
+ERROR_HEADER: Final = "x-vertebra-error"
+"""On a dead-lettered task: the last error, as JSON text of the wire error object."""
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """The names and declaration arguments for one prefix."""
+
+    prefix: str = ""
+    expires_ms: int | None = None
+    """If set, task and dead queues get ``x-expires`` (deleted when unused that long)."""
+
+    @property
+    def events(self) -> str:
+        """The topic exchange every event is published to."""
+        return f"{self.prefix}vertebra.events"
+
+    @property
+    def discovery(self) -> str:
+        """The fanout exchange discovery requests go to."""
+        return f"{self.prefix}vertebra.discovery"
+
+    @property
+    def dlx(self) -> str:
+        """The direct exchange task queues dead-letter to."""
+        return f"{self.prefix}vertebra.dlx"
+
+    def call_queue(self, service: str) -> str:
+        """The queue holding calls for ``service``."""
+        return f"{self.prefix}vertebra.call.{service}"
+
+    def task_queue(self, service: str) -> str:
+        """The durable queue holding casts and tasks for ``service``."""
+        return f"{self.prefix}vertebra.task.{service}"
+
+    def dead_queue(self, service: str) -> str:
+        """The durable queue of ``service``'s dead tasks."""
+        return f"{self.prefix}vertebra.dead.{service}"
+
+    def task_arguments(self, service: str) -> dict[str, Any]:
+        """The ``x-`` arguments a task queue is declared with (identical everywhere)."""
+        args: dict[str, Any] = {"x-dead-letter-exchange": self.dlx,
+                                "x-dead-letter-routing-key": self.dead_queue(service)}
+        if self.expires_ms:
+            args["x-expires"] = self.expires_ms
+        return args
+
+    def dead_arguments(self) -> dict[str, Any]:
+        """The ``x-`` arguments a dead queue is declared with."""
+        return {"x-expires": self.expires_ms} if self.expires_ms else {}
+
+    def exchanges(self) -> list[tuple[str, str]]:
+        """(name, type) of every exchange, declared durable at each (re)connect."""
+        return [(self.events, "topic"), (self.discovery, "fanout"), (self.dlx, "direct")]
