@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import logging
@@ -43,14 +44,22 @@ def main(verbose: int) -> None:
 @main.command()
 @click.argument("nodes", nargs=-1, required=True)
 @click.option("--url", default=None, help=URL_HELP)
-def serve(nodes: tuple[str, ...], url: str | None) -> None:
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve Prometheus /metrics on 127.0.0.1:PORT (needs vertebra[prometheus]).")
+def serve(nodes: tuple[str, ...], url: str | None, metrics_port: int | None) -> None:
     """Serve NODES (each module:Class) until SIGINT/SIGTERM, then drain and stop."""
-    from .nodes import serve as serve_nodes
+    from .nodes.serve import serve_async
 
     instances = [_load(spec)() for spec in nodes]
     url = url or default_url()
-    serve_nodes(*instances, url=url,
-                ready=lambda: click.echo(f"serving {', '.join(nodes)} on {url}", err=True))
+
+    def started(bus: Any) -> None:
+        if metrics_port is not None:
+            from .nodes.metrics import start_metrics_server
+            start_metrics_server(bus, metrics_port)
+        click.echo(f"serving {', '.join(nodes)} on {url}", err=True)
+
+    asyncio.run(serve_async(*instances, url=url, on_ready=started))
 
 
 @main.command()

@@ -50,3 +50,34 @@ def test_metrics_endpoint_exposes_handler_and_outbox_figures():
     assert any(line.startswith(p99) for line in lines)
     assert 'vertebra_outbox_events_total{outcome="sent"} 1.0' in lines
     assert 'vertebra_outbox_messages{state="queued"} 0.0' in lines
+
+
+def test_serve_command_exposes_metrics(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    (tmp_path / "shopnode.py").write_text(textwrap.dedent("""
+        from vertebra import Node, rpc
+        class Shop(Node):
+            @rpc
+            def buy(self, item):
+                return item
+    """))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vertebra", "serve", "shopnode:Shop", "--url", "memory://",
+                             "--metrics-port", str(port)], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "serving shopnode:Shop" in proc.stderr.readline()
+        text = ""
+        for _ in range(100):
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                break
+            except OSError:
+                time.sleep(0.05)
+        assert 'vertebra_handler_calls_total{method="buy",service="shop"} 0.0' in text
+    finally:
+        proc.terminate()
+        proc.wait(30)

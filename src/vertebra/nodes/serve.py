@@ -30,8 +30,9 @@ def serve(*nodes: Servable, url: str | None = None, ready: Callable[[], None] | 
 
 
 async def serve_async(*nodes: Servable, url: str | None = None,
-                      ready: Callable[[], None] | None = None, **options: Any) -> None:
-    """The coroutine behind :func:`serve`."""
+                      ready: Callable[[], None] | None = None,
+                      on_ready: Callable[[AsyncBus], None] | None = None, **options: Any) -> None:
+    """The coroutine behind :func:`serve`; ``on_ready(bus)`` also gets the bus."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -44,6 +45,8 @@ async def serve_async(*nodes: Servable, url: str | None = None,
             log.info("serving %s on %s", ", ".join(type(n).__name__ for n in nodes), bus.url)
             if ready is not None:
                 ready()
+            if on_ready is not None:
+                on_ready(bus)
             await stop.wait()
             log.info("stopping: draining in-flight work")
     finally:
