@@ -36,16 +36,17 @@ class VertebraError(Exception):
 class RemoteError(VertebraError):
     """The remote handler raised an exception.
 
-    ``type`` is the name of the remote exception's class, ``message`` its text and
+    ``type`` is the name of the remote exception's class, ``message`` its text,
     ``remote_traceback`` the formatted traceback from the node (empty when the node does
-    not send tracebacks).
+    not send tracebacks) and ``node`` the replica that ran the handler (when it said).
     """
 
-    def __init__(self, type: str, message: str, remote_traceback: str = "") -> None:
+    def __init__(self, type: str, message: str, remote_traceback: str = "", node: str = "") -> None:
         super().__init__(f"{type}: {message}")
         self.type = type
         self.message = message
         self.remote_traceback = remote_traceback
+        self.node = node
 
 
 class CallTimeout(VertebraError, TimeoutError):
@@ -101,4 +102,4 @@ def error_from_wire(obj: Any) -> VertebraError:
     cls = _CODES.get(str(code))
     if cls is not None:
         return cls(message)
-    return RemoteError(etype, message, str(obj.get("traceback", "") or ""))
+    return RemoteError(etype, message, str(obj.get("traceback", "") or ""), str(obj.get("node", "") or ""))

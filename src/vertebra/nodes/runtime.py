@@ -29,6 +29,7 @@ from ..dispatch.envelope import Envelope
 from ..dispatch.errors import ProtocolError, error_to_wire
 from ..dispatch.info import MethodInfo, ServiceInfo
 from ..dispatch.logfields import fields
+from ..dispatch.slip import SLIP_HEADER, Slip
 from ..dispatch.tracing import consumer_span
 from ..transports.base import Incoming
 from .binding import Binder
@@ -163,6 +164,8 @@ class NodeRuntime:
                 finally:
                     stats.in_flight -= 1
                     stats.latencies.append(time.perf_counter() - started)
+            if SLIP_HEADER in env.headers:
+                await self._forward(env, result)
             if is_call:
                 answer = env.answer(result)
                 try:
@@ -183,12 +186,47 @@ class NodeRuntime:
         return await asyncio.get_running_loop().run_in_executor(
             self.pool, functools.partial(ctx.run, h.func, *args, **kwargs))
 
+    async def _forward(self, env: Envelope, result: Any) -> None:
+        """Routing slip: hand the result to the next step, or announce the workflow's end."""
+        try:
+            slip = Slip.decode(env.headers[SLIP_HEADER])
+        except ProtocolError as exc:
+            log.error("%s: %s", self.info.name, exc, extra=fields(env))
+            return
+        self.bus.publish(slip.done, {"run": slip.run, "step": f"{env.service}.{env.method}",
+                                     "index": slip.index})
+        if slip.steps:
+            nxt = slip.steps[0]
+            headers = {k: v for k, v in env.headers.items() if k != SLIP_HEADER}
+            headers[SLIP_HEADER] = slip.rest().encode()
+            self.bus.cast(nxt.service, nxt.method, [result, *nxt.args], dict(nxt.kwargs), kind="task",
+                          headers=headers)
+        else:
+            self.bus.publish(slip.done, {"run": slip.run, "result": result})
+
+    def _slip_failed(self, env: Envelope, error: dict[str, Any]) -> None:
+        try:
+            slip = Slip.decode(env.headers[SLIP_HEADER])
+        except ProtocolError:
+            return
+        if slip.retries > 0:
+            self.bus.cast(env.service, env.method, env.args, env.kwargs, kind="task",
+                          headers={**env.headers, SLIP_HEADER: slip.retry().encode()})
+            return
+        self.bus.publish(slip.done, {"run": slip.run, "error": error, "step": f"{env.service}.{env.method}",
+                                     "index": slip.index})
+
     async def _failed(self, incoming: Incoming, h: _Handler, exc: Exception) -> None:
         env = incoming.envelope
         tb = traceback.format_exc() if type(self.node).allow_tracebacks else ""
+        error = {**error_to_wire(exc, tb), "node": self.replica}
         if env.kind == "call":
-            await incoming.reply(env.fail(error_to_wire(exc, tb)))
+            await incoming.reply(env.fail(error))
             await incoming.ack()
+            return
+        if SLIP_HEADER in env.headers:
+            self._slip_failed(env, error)
+            await incoming.reject(False)
             return
         log.error("%s.%s (%s %s) raised %s: %s", self.info.name, h.name, env.kind, env.id,
                   type(exc).__name__, exc,
