@@ -63,6 +63,30 @@ def serve(nodes: tuple[str, ...], url: str | None, metrics_port: int | None) -> 
 
 
 @main.command()
+@click.argument("script", type=click.Path(exists=True, dir_okay=False))
+@click.argument("args", nargs=-1)
+@click.option("--url", default=None,
+              help="Sets $VERTEBRA_URL for the script (the default of vertebra.connect()).")
+def run(script: str, args: tuple[str, ...], url: str | None) -> None:
+    """Run a workflow SCRIPT (a Python file that builds a workflow and runs it), drawing the
+    progress of every workflow it runs on the terminal."""
+    import runpy
+
+    from .workflow import runner
+    from .workflow.progress import terminal_reporter
+
+    if url:
+        os.environ["VERTEBRA_URL"] = url
+    sys.argv = [script, *args]
+    with terminal_reporter() as report:
+        runner.default_progress = report
+        try:
+            runpy.run_path(script, run_name="__main__")
+        finally:
+            runner.default_progress = None
+
+
+@main.command()
 @click.argument("url")
 @click.argument("target")
 @click.argument("args", nargs=-1)

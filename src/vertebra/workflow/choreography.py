@@ -19,8 +19,8 @@ from ..dispatch.bus import AsyncBus
 from ..dispatch.envelope import new_id
 from ..dispatch.errors import CallTimeout, error_from_wire
 from ..dispatch.slip import SLIP_HEADER, Slip, SlipStep
-from .canvas import Chain, Step, Workflow
-from .runner import NOTHING, Progress, ProgressCallback, WorkflowError
+from .canvas import NOTHING, Chain, Step, Workflow
+from .runner import Progress, ProgressCallback, WorkflowError, _reporter
 
 __all__ = ["run_choreographed"]
 
@@ -80,7 +80,7 @@ async def run_choreographed(flow: Workflow, bus: AsyncBus, value: Any = NOTHING,
                             progress: ProgressCallback | None = None, timeout: float = 60.0) -> Any:
     """Start ``flow`` with a routing slip and wait (up to ``timeout``) for its end."""
     steps = _sequence(flow)
-    report = progress or (lambda p: None)
+    report = _reporter(progress)
     listener = await _listener(bus)
     run_id = new_id()
     fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

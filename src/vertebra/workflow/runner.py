@@ -20,7 +20,7 @@ from ..dispatch.bus import AsyncBus
 from ..dispatch.errors import CallTimeout, RemoteError, Unreachable, VertebraError
 from .canvas import NOTHING, Chain, FanOut, Group, Step, Workflow
 
-__all__ = ["NOTHING", "Progress", "WorkflowError", "run_orchestrated", "stream_orchestrated"]
+__all__ = ["Progress", "WorkflowError", "default_progress", "run_orchestrated", "stream_orchestrated"]
 
 log = logging.getLogger("vertebra.workflow")
 
@@ -53,6 +53,14 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+default_progress: ProgressCallback | None = None
+"""Called with the progress of every run that was given no ``progress`` of its own; set by
+``vertebra run`` to draw progress on the terminal."""
+
+
+def _reporter(progress: ProgressCallback | None) -> ProgressCallback:
+    return progress or default_progress or (lambda p: None)
 
 
 class _Run:
@@ -131,7 +139,7 @@ class _Run:
 async def run_orchestrated(flow: Workflow, bus: AsyncBus, value: Any = NOTHING,
                            progress: ProgressCallback | None = None) -> Any:
     """Run ``flow`` with ``value`` as the first step's input; return the last result."""
-    run = _Run(bus, progress or (lambda p: None))
+    run = _Run(bus, _reporter(progress))
     try:
         result = await run.run(flow, value)
     except WorkflowError as exc:
