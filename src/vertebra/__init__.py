@@ -49,15 +49,16 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def connect(url: str | None = None, **options: Any) -> Bus:
+def connect(url: str | None = None, *more_urls: str, **options: Any) -> Bus:
     """A sync bus (use it as a context manager); ``url`` defaults to ``$VERTEBRA_URL`` or
-    the embedded default.  Options: codec, timeout, outbox_size, overflow, linger, ..."""
-    return Bus(url, **options)
+    the embedded default; several URLs give one bus over several transports.
+    Options: codec, timeout, outbox_size, overflow, linger, spool, ..."""
+    return Bus(url, *more_urls, **options)
 
 
-def connect_async(url: str | None = None, **options: Any) -> AsyncBus:
+def connect_async(url: str | None = None, *more_urls: str, **options: Any) -> AsyncBus:
     """An async bus: ``async with vertebra.connect_async(url) as bus: ...``."""
-    return AsyncBus(url, **options)
+    return AsyncBus(url, *more_urls, **options)
 
 
 def __getattr__(name: str) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..transports import open_transport
 from ..transports.base import Transport
+from ..transports.multi import MultiTransport
 from .codec import get_codec
 from .envelope import Envelope
 from .errors import CallTimeout, Unreachable, VertebraError
@@ -47,17 +48,19 @@ class AsyncBus:
 
     Use as ``async with AsyncBus(url) as bus``; see :func:`vertebra.connect_async`.
 
-    Options: ``codec`` ("json" or "msgpack"), ``timeout`` (default seconds per call),
-    ``outbox_size``, ``overflow`` ("drop_oldest", "drop_newest", "block"),
-    ``block_timeout``, ``linger`` (seconds to flush on close), ``max_age`` (seconds before
-    an unsendable message is given up), ``send_window`` (sends in flight), ``spool`` (a
-    file: accepted sends survive a crash; see :mod:`vertebra.dispatch.spool`).
+    Several URLs make one bus over several transports (see
+    :mod:`vertebra.transports.multi`). Options: ``codec`` ("json" or "msgpack"),
+    ``timeout`` (default seconds per call), ``outbox_size``, ``overflow``
+    ("drop_oldest", "drop_newest", "block"), ``block_timeout``, ``linger`` (seconds to
+    flush on close), ``max_age`` (seconds before an unsendable message is given up),
+    ``send_window`` (sends in flight), ``spool`` (a file: accepted sends survive a crash;
+    see :mod:`vertebra.dispatch.spool`).
     """
 
     def __init__(
         self,
         url: str | None = None,
-        *,
+        *more_urls: str,
         codec: str = "json",
         timeout: float = 30.0,
         outbox_size: int = 10_000,
@@ -69,10 +72,12 @@ class AsyncBus:
         spool: str | None = None,
     ) -> None:
         self.url = url = url or default_url()
+        self.urls = (url, *more_urls)
         self.codec = get_codec(codec)
         self.timeout = timeout
         self.linger = linger
-        self.transport: Transport = open_transport(url, self.codec)
+        self.transport: Transport = open_transport(url, self.codec) if not more_urls else \
+            MultiTransport([open_transport(u, self.codec) for u in self.urls], self.codec)
         self.outbox = Outbox(self.transport.send, maxsize=outbox_size, policy=overflow,
                              block_timeout=block_timeout, window=send_window, max_age=max_age,
                              spool=Spool(spool) if spool else None)

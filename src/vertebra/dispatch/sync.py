@@ -72,10 +72,10 @@ class Proxy:
 class Bus:
     """The sync face of an :class:`AsyncBus`; made by :func:`vertebra.connect`."""
 
-    def __init__(self, url: str | None = None, **options: Any) -> None:
+    def __init__(self, url: str | None = None, *more_urls: str, **options: Any) -> None:
         self.portal = Portal()
         try:
-            self.core = AsyncBus(url, **options)
+            self.core = AsyncBus(url, *more_urls, **options)
             self.portal.run(self.core.start())
         except BaseException:
             self.portal.stop()
