@@ -17,11 +17,11 @@ from typing import Any
 
 from ..transports import open_transport
 from ..transports.base import Transport
-from ..transports.multi import MultiTransport
 from .codec import get_codec
 from .envelope import Envelope
 from .errors import CallTimeout, Unreachable, VertebraError
 from .info import ServiceInfo
+from .multi import MultiTransport
 from .outbox import Backoff, Outbox, OverflowPolicy
 from .pending import PendingCalls
 from .proxy import AsyncProxy
@@ -49,7 +49,7 @@ class AsyncBus:
     Use as ``async with AsyncBus(url) as bus``; see :func:`vertebra.connect_async`.
 
     Several URLs make one bus over several transports (see
-    :mod:`vertebra.transports.multi`). Options: ``codec`` ("json" or "msgpack"),
+    :mod:`vertebra.dispatch.multi`). Options: ``codec`` ("json" or "msgpack"),
     ``timeout`` (default seconds per call), ``outbox_size``, ``overflow``
     ("drop_oldest", "drop_newest", "block"), ``block_timeout``, ``linger`` (seconds to
     flush on close), ``max_age`` (seconds before an unsendable message is given up),

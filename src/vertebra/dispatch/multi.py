@@ -20,14 +20,14 @@ import logging
 import time
 from typing import ClassVar
 
-from ..dispatch.codec import Codec
-from ..dispatch.envelope import Envelope
-from ..dispatch.info import ServiceInfo
-from .base import AnswerCallback, Capabilities, EventHandler, Handler, Transport
+from ..transports.base import AnswerCallback, Capabilities, EventHandler, Handler, Transport
+from .codec import Codec
+from .envelope import Envelope
+from .info import ServiceInfo
 
 __all__ = ["ROUTE_TTL", "MultiTransport"]
 
-log = logging.getLogger("vertebra.transports.multi")
+log = logging.getLogger("vertebra.multi")
 
 ROUTE_TTL = 5.0
 
