@@ -206,6 +206,7 @@ class AsyncBus:
                                                self._event_route(rt, pattern))
             await self.transport.serve(rt.info, rt.handle, prefetch=rt.prefetch)
             self._runtimes.append(rt)
+            await rt.started()
             log.info("serving %s on %s", rt.info.name, self.url)
 
     @staticmethod

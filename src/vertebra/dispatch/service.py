@@ -28,6 +28,9 @@ class ServiceRuntime(Protocol):
     async def handle_event(self, pattern: str, env: Envelope) -> None:
         """Take one event that matched ``pattern``."""
 
+    async def started(self) -> None:
+        """Called once the service is listening and announced."""
+
     async def drain(self, timeout: float) -> int:
         """Take no new work; wait up to ``timeout`` for work in flight; return what is left."""
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar, overload
 
 from ..dispatch.topics import validate_pattern
 
-__all__ = ["ENTRYPOINT_ATTR", "Entrypoint", "event", "rpc", "task"]
+__all__ = ["ENTRYPOINT_ATTR", "Entrypoint", "cron", "event", "every", "rpc", "task"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 ENTRYPOINT_ATTR = "__vertebra_entrypoint__"
@@ -25,6 +25,8 @@ class Entrypoint:
     kind: str
     pattern: str = ""
     max_attempts: int | None = None
+    every: float = 0.0
+    cron: str = ""
 
 
 def _mark(func: F, ep: Entrypoint) -> F:
@@ -69,4 +71,34 @@ def event(pattern: str) -> Callable[[F], F]:
 
     def deco(f: F) -> F:
         return _mark(f, Entrypoint("event", pattern))
+    return deco
+
+
+def every(seconds: float) -> Callable[[F], F]:
+    """Run a method once every ``seconds`` across all replicas of the service.
+
+    The method takes no argument, or one: the period's start (epoch seconds).
+
+    Periods start at multiples of ``seconds`` since the Unix epoch; see
+    :mod:`vertebra.nodes.schedule` for how the replicas agree on who fires.
+    """
+    if not seconds > 0:
+        raise ValueError("every() needs a positive number of seconds")
+
+    def deco(f: F) -> F:
+        return _mark(f, Entrypoint("schedule", every=float(seconds)))
+    return deco
+
+
+def cron(expression: str) -> Callable[[F], F]:
+    """Run a method at the times of a 5-field cron expression, in UTC, once across all
+    replicas (``pip install 'vertebra[cron]'`` for the croniter it uses). The method takes
+    no argument, or one: the period's start (epoch seconds)."""
+    from croniter import croniter
+
+    if not croniter.is_valid(expression) or len(expression.split()) != 5:
+        raise ValueError(f"not a 5-field cron expression: {expression!r}")
+
+    def deco(f: F) -> F:
+        return _mark(f, Entrypoint("schedule", cron=expression))
     return deco

@@ -36,6 +36,7 @@ from .binding import Binder
 from .decorators import ENTRYPOINT_ATTR, Entrypoint
 from .dedup import Dedup
 from .pool import ElasticPool
+from .schedule import Schedule, Scheduler
 from .stats import MethodStats
 
 if TYPE_CHECKING:
@@ -59,6 +60,10 @@ class _Handler:
     binder: Binder
 
 
+def _when(entry: Entrypoint) -> str:
+    return f"every {entry.every:g}s" if entry.every else f"cron {entry.cron}" if entry.cron else ""
+
+
 def _error(kind: str, type_: str, message: str) -> dict[str, Any]:
     return {"code": kind, "type": type_, "message": message, "traceback": ""}
 
@@ -72,6 +77,7 @@ class NodeRuntime:
         cls = type(node)
         self.handlers: dict[str, _Handler] = {}
         self.events: dict[str, list[_Handler]] = {}
+        self.scheduled: dict[str, _Handler] = {}
         for attr in dir(cls):
             entry = getattr(getattr(cls, attr, None), ENTRYPOINT_ATTR, None)
             if not isinstance(entry, Entrypoint):
@@ -80,15 +86,18 @@ class NodeRuntime:
             h = _Handler(attr, entry, func, inspect.iscoroutinefunction(func), Binder(func))
             if entry.kind == "event":
                 self.events.setdefault(entry.pattern, []).append(h)
+            elif entry.kind == "schedule":
+                self.scheduled[attr] = h
             else:
                 self.handlers[attr] = h
         self.patterns = tuple(self.events)
         self.prefetch = max(1, cls.concurrency)
+        everything = [*self.handlers.values(), *self.scheduled.values(),
+                      *(x for hs in self.events.values() for x in hs)]
         methods = tuple(
             MethodInfo(h.name, h.entry.kind, str(h.binder.signature), inspect.getdoc(h.func) or "",
-                       h.entry.pattern)
-            for h in sorted([*self.handlers.values(), *(x for hs in self.events.values() for x in hs)],
-                            key=lambda h: h.name))
+                       h.entry.pattern or _when(h.entry))
+            for h in sorted(everything, key=lambda h: h.name))
         self.info = ServiceInfo(cls.name, methods, inspect.getdoc(cls) or "", 1, bus.transport.scheme)
         self._slots = asyncio.Semaphore(self.prefetch)
         max_workers = cls.max_workers or self.prefetch
@@ -98,10 +107,15 @@ class NodeRuntime:
         self._running: set[asyncio.Task[None]] = set()
         self._draining = False
         self.counts = {"calls": 0, "errors": 0, "expired": 0, "events": 0, "duplicates": 0}
-        self.methods = {name: MethodStats() for name in [*self.handlers, *(
-            h.name for hs in self.events.values() for h in hs)]}
+        self.methods = {h.name: MethodStats() for h in everything}
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._builtins: dict[str, Callable[[], Any]] = {STATS_METHOD: self.stats}
+        self.scheduler = Scheduler(
+            cls.name, self.replica,
+            {name: Schedule(h.entry.every, h.entry.cron) for name, h in self.scheduled.items()},
+            self._fire, bus.publish) if self.scheduled else None
+        if self.scheduler is not None:
+            self.patterns = (*self.patterns, self.scheduler.topic)
 
     # -- calls, casts, tasks ----------------------------------------------------------------
 
@@ -243,6 +257,9 @@ class NodeRuntime:
         """Run every handler subscribed with ``pattern`` for this event."""
         if self._draining:
             return
+        if self.scheduler is not None and pattern == self.scheduler.topic:
+            self.scheduler.on_beat(env.topic, env.payload)
+            return
         for h in self.events.get(pattern, ()):
             task = asyncio.create_task(self._run_event(h, env))
             self._running.add(task)
@@ -267,6 +284,26 @@ class NodeRuntime:
                 stats.in_flight -= 1
                 stats.latencies.append(time.perf_counter() - started)
 
+    # -- schedules ------------------------------------------------------------------------
+
+    async def started(self) -> None:
+        """Called once the service is served: start the schedules, if any."""
+        if self.scheduler is not None:
+            self.scheduler.start()
+
+    async def _fire(self, name: str, period: float) -> None:
+        h = self.scheduled[name]
+        stats = self.methods[name]
+        stats.calls += 1
+        started = time.perf_counter()
+        try:
+            await self._invoke(h, (period,) if h.binder.signature.parameters else (), {})
+        except Exception:
+            stats.errors += 1
+            raise
+        finally:
+            stats.latencies.append(time.perf_counter() - started)
+
     # -- introspection --------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -282,6 +319,8 @@ class NodeRuntime:
     async def drain(self, timeout: float) -> int:
         """Take no new events; wait up to ``timeout`` for running handlers; how many remain."""
         self._draining = True
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         running = set(self._running)
         if running:
             _, pending = await asyncio.wait(running, timeout=timeout)
