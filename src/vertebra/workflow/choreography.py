@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from ..dispatch.bus import AsyncBus
@@ -29,12 +30,30 @@ _listeners: weakref.WeakKeyDictionary[AsyncBus, _Listener] = weakref.WeakKeyDict
 _ids = itertools.count(1)
 
 
+@dataclass(slots=True)
+class _Run:
+    fut: asyncio.Future[Any]
+    report: ProgressCallback
+    names: list[str]
+    reported: int = 0            # steps reported done so far
+
+    def done_through(self, index: int) -> None:
+        """Report steps done up to ``index`` (inclusive) that were not reported yet, in
+        order: events from different nodes may arrive out of order, or not before the end."""
+        while self.reported <= min(index, len(self.names) - 1):
+            i = self.reported
+            self.report(Progress("done", self.names[i], i))
+            if i + 1 < len(self.names):
+                self.report(Progress("started", self.names[i + 1], i + 1))
+            self.reported += 1
+
+
 class _Listener:
     """One subscription per bus to its own workflow topic; runs are told apart by id."""
 
     def __init__(self, bus: AsyncBus) -> None:
         self.prefix = f"{_TOPIC_ROOT}.b{next(_ids)}{new_id()}"
-        self.runs: dict[str, tuple[asyncio.Future[Any], ProgressCallback, list[str]]] = {}
+        self.runs: dict[str, _Run] = {}
 
     async def start(self, bus: AsyncBus) -> None:
         await bus.subscribe(f"{self.prefix}.*", self.on_event)
@@ -42,21 +61,21 @@ class _Listener:
     def on_event(self, topic: str, payload: Any) -> None:
         if not isinstance(payload, dict) or payload.get("run") not in self.runs:
             return
-        fut, report, names = self.runs[payload["run"]]
-        if fut.done():
+        run = self.runs[payload["run"]]
+        if run.fut.done():
             return
         if "result" in payload:
-            fut.set_result(payload["result"])
+            run.done_through(len(run.names) - 1)
+            run.fut.set_result(payload["result"])
         elif "error" in payload:
             step = str(payload.get("step", "?"))
-            cause = error_from_wire(payload["error"])
-            report(Progress("failed", step, int(payload.get("index", -1)), detail=str(cause)))
-            fut.set_exception(WorkflowError(step, cause, str(payload["error"].get("node", ""))))
-        elif "step" in payload:
             index = int(payload.get("index", -1))
-            report(Progress("done", str(payload["step"]), index))
-            if 0 <= index + 1 < len(names):
-                report(Progress("started", names[index + 1], index + 1))
+            run.done_through(index - 1)
+            cause = error_from_wire(payload["error"])
+            run.report(Progress("failed", step, index, detail=str(cause)))
+            run.fut.set_exception(WorkflowError(step, cause, str(payload["error"].get("node", ""))))
+        elif "step" in payload:
+            run.done_through(int(payload.get("index", -1)))
 
 
 async def _listener(bus: AsyncBus) -> _Listener:
@@ -84,7 +103,7 @@ async def run_choreographed(flow: Workflow, bus: AsyncBus, value: Any = NOTHING,
     listener = await _listener(bus)
     run_id = new_id()
     fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    listener.runs[run_id] = (fut, report, [s.name for s in steps])
+    listener.runs[run_id] = _Run(fut, report, [s.name for s in steps])
     try:
         first, rest = steps[0], steps[1:]
         slip = Slip(run_id, f"{listener.prefix}.{run_id}",
