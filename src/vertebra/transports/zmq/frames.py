@@ -1,0 +1,121 @@
+"""The zmq:// frame layout: building and checking multipart messages (docs/protocol/zmq.md).
+
+Every message on the hub's ROUTER socket starts with a two-byte header frame,
+``[VERSION, COMMAND]``; the frames after it depend on the command.  The encoded envelope,
+when there is one, is always the *last* frame, and the frames before it carry only what
+the hub needs to route it, so the hub never decodes an envelope.
+
+:func:`parse` checks a multipart message (without the ROUTER identity frame) and returns
+``(command, args)``; anything else raises :class:`FrameError`.  It never raises anything
+else, whatever the input (the fuzz test holds it to that).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "ACK", "ANSWER", "CALL", "CAST", "CLIENT_COMMANDS", "DELIVER_KINDS", "DISCOVER", "BYE",
+    "FrameError", "HEARTBEAT", "HELLO", "HUB_COMMANDS", "KIND_CODES", "NACK", "PROTOCOL",
+    "PUBOK", "REPLY", "RESET", "SERVE", "SERVICES", "SYNC", "TASK", "UNREACHABLE", "UNSERVE",
+    "VERSION", "WELCOME", "header", "parse", "EVENT_CONTROL",
+]
+
+VERSION: Final = 1
+
+# client / node -> hub
+HELLO: Final = 0x01
+HEARTBEAT: Final = 0x02
+CALL: Final = 0x03
+CAST: Final = 0x04
+TASK: Final = 0x05
+REPLY: Final = 0x06
+ACK: Final = 0x07
+NACK: Final = 0x08
+SERVE: Final = 0x09
+UNSERVE: Final = 0x0A
+DISCOVER: Final = 0x0B
+SYNC: Final = 0x0C
+BYE: Final = 0x0D
+
+# hub -> client / node (HEARTBEAT, CALL, CAST and TASK are reused in this direction)
+WELCOME: Final = 0x21
+ANSWER: Final = 0x24
+UNREACHABLE: Final = 0x25
+SERVICES: Final = 0x26
+RESET: Final = 0x27
+PROTOCOL: Final = 0x28
+PUBOK: Final = 0x29
+
+EVENT_CONTROL: Final = b"\x00"
+"""Event topic frames that start with this byte are hub control traffic, never events."""
+
+KIND_CODES: Final[dict[str, int]] = {"call": CALL, "cast": CAST, "task": TASK}
+DELIVER_KINDS: Final[dict[int, str]] = {CALL: "call", CAST: "cast", TASK: "task"}
+
+# command -> number of frames after the header (client side -> hub)
+CLIENT_COMMANDS: Final[dict[int, int]] = {
+    HELLO: 1,        # json
+    HEARTBEAT: 0,
+    CALL: 3,         # service, message id, envelope
+    CAST: 3,
+    TASK: 3,
+    REPLY: 2,        # delivery tag, envelope
+    ACK: 1,          # delivery tag
+    NACK: 2,         # delivery tag, b"1" requeue / b"0" drop
+    SERVE: 3,        # service, prefetch (ascii digits), json ServiceInfo
+    UNSERVE: 1,      # service
+    DISCOVER: 1,     # request id
+    SYNC: 1,         # token
+    BYE: 0,
+}
+
+# hub -> client / node
+HUB_COMMANDS: Final[dict[int, int]] = {
+    WELCOME: 1,      # json
+    HEARTBEAT: 0,
+    CALL: 3,         # service, delivery tag, envelope
+    CAST: 3,
+    TASK: 3,
+    ANSWER: 1,       # envelope
+    UNREACHABLE: 2,  # message id, reason
+    SERVICES: 2,     # request id, json list
+    RESET: 0,
+    PROTOCOL: 2,     # message id (may be empty), reason
+    PUBOK: 0,
+}
+
+_HEADERS: Final[dict[int, bytes]] = {c: bytes((VERSION, c)) for c in
+                                     set(CLIENT_COMMANDS) | set(HUB_COMMANDS)}
+
+
+class FrameError(ValueError):
+    """A multipart message that does not follow the frame layout."""
+
+
+def header(command: int) -> bytes:
+    """The header frame for ``command`` (a shared constant: no allocation)."""
+    return _HEADERS[command]
+
+
+def parse(frames: list[bytes], table: dict[int, int]) -> tuple[int, list[bytes]]:
+    """Check ``frames`` against ``table`` (CLIENT_COMMANDS or HUB_COMMANDS).
+
+    Returns the command and the frames after the header.  Raises :class:`FrameError` for
+    a missing or wrong-sized header, an unsupported version, an unknown command or a
+    wrong frame count.
+    """
+    if not frames:
+        raise FrameError("empty message")
+    head = frames[0]
+    if len(head) != 2:
+        raise FrameError(f"header frame must be 2 bytes, got {len(head)}")
+    if head[0] != VERSION:
+        raise FrameError(f"unsupported protocol version {head[0]} (this side speaks {VERSION})")
+    command = head[1]
+    want = table.get(command)
+    if want is None:
+        raise FrameError(f"unknown command 0x{command:02x}")
+    if len(frames) - 1 != want:
+        raise FrameError(f"command 0x{command:02x} takes {want} frames, got {len(frames) - 1}")
+    return command, frames[1:]

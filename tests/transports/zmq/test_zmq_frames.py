@@ -1,0 +1,59 @@
+"""The frame parser and the subscription prefix, fuzzed."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vertebra.dispatch.topics import literal_prefix, matches
+from vertebra.transports.zmq import frames as F
+
+frame_lists = st.lists(st.binary(max_size=40), max_size=8)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(frame_lists)
+def test_parse_raises_only_frame_error(frames):
+    for table in (F.CLIENT_COMMANDS, F.HUB_COMMANDS):
+        try:
+            cmd, args = F.parse(frames, table)
+        except F.FrameError:
+            continue
+        assert cmd in table
+        assert len(args) == table[cmd] == len(frames) - 1
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(sorted(F.CLIENT_COMMANDS)), st.lists(st.binary(max_size=20), max_size=5))
+def test_parse_accepts_exactly_the_documented_frame_count(cmd, rest):
+    frames = [F.header(cmd), *rest]
+    if len(rest) == F.CLIENT_COMMANDS[cmd]:
+        assert F.parse(frames, F.CLIENT_COMMANDS) == (cmd, rest)
+    else:
+        with pytest.raises(F.FrameError):
+            F.parse(frames, F.CLIENT_COMMANDS)
+
+
+def test_wrong_version_is_refused_with_a_clear_reason():
+    with pytest.raises(F.FrameError, match="version 2"):
+        F.parse([bytes((2, F.CALL)), b"s", b"id", b"{}"], F.CLIENT_COMMANDS)
+
+
+words = st.sampled_from(["a", "b", "ab", "orders", "x"])
+patterns = st.lists(st.one_of(words, st.sampled_from(["*", "#"])), min_size=1, max_size=5).map(".".join)
+topics = st.lists(words, min_size=1, max_size=5).map(".".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(patterns, topics)
+def test_the_prefix_filter_never_drops_a_matching_topic(pattern, topic):
+    if matches(pattern, topic):
+        assert topic.startswith(literal_prefix(pattern))
+
+
+def test_prefix_examples():
+    assert literal_prefix("orders.#") == "orders"
+    assert literal_prefix("orders.*") == "orders."
+    assert literal_prefix("#") == ""
+    assert literal_prefix("a.b") == "a.b"
