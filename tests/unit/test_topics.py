@@ -55,3 +55,11 @@ def test_validation_and_prefix():
     assert literal_prefix("orders.eu.*") == "orders.eu."
     assert literal_prefix("orders.eu") == "orders.eu"
     assert literal_prefix("#.x") == ""
+    assert literal_prefix("orders.#") == "orders"          # '#' may match zero words
+
+
+@given(patterns, topics)
+@settings(max_examples=1000, deadline=None)
+def test_every_matching_topic_starts_with_the_literal_prefix(pattern, topic):
+    if matches(pattern, topic):
+        assert topic.startswith(literal_prefix(pattern))

@@ -34,15 +34,17 @@ def validate_pattern(pattern: str) -> str:
 
 
 def literal_prefix(pattern: str) -> str:
-    """The longest leading run of literal characters of ``pattern``, for prefix filters."""
-    out = []
+    """A prefix every topic matching ``pattern`` starts with, for coarse prefix filters
+    (ZeroMQ SUBSCRIBE): the literal words before the first wildcard, with the dot after
+    them kept unless the wildcard is ``#`` (zero words: ``orders.#`` matches ``orders``)."""
+    out: list[str] = []
     for word in pattern.split("."):
-        if word in ("*", "#"):
-            break
-        out.append(word + ".")
-    else:
-        return pattern
-    return "".join(out)
+        if word == "#":
+            return ".".join(out)
+        if word == "*":
+            return "".join(w + "." for w in out)
+        out.append(word)
+    return pattern
 
 
 @lru_cache(maxsize=4096)
