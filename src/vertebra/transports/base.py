@@ -31,7 +31,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..dispatch.codec import Codec
 from ..dispatch.envelope import Envelope
@@ -73,8 +73,10 @@ class Incoming(abc.ABC):
         """The message is done with: a task is not redelivered after this."""
 
     @abc.abstractmethod
-    async def reject(self, requeue: bool) -> None:
-        """Give the message up: back to the queue (``requeue``) or dropped / dead-lettered."""
+    async def reject(self, requeue: bool, error: dict[str, Any] | None = None) -> None:
+        """Give the message up: back to the queue (``requeue``: it failed and may be tried
+        again) or dropped / dead-lettered; ``error`` (a wire error object) says why, for a
+        transport that keeps it with a dead letter."""
 
 
 Handler = Callable[[Incoming], Awaitable[None]]

@@ -26,7 +26,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from ..dispatch.codec import Codec, decode
@@ -74,7 +74,8 @@ class MemoryBroker:
         self._subs: list[tuple[str, MemoryTransport, EventHandler]] = []
         self._buses: dict[str, MemoryTransport] = {}
         self._seq = itertools.count(1)
-        self.dead_letters: list[tuple[bytes, int]] = []
+        self.dead_letters: list[tuple[bytes, int, dict[str, Any] | None]] = []
+        """Dead tasks: (encoded envelope, attempts, the last error object)."""
 
     # -- connections --------------------------------------------------------------------
 
@@ -145,8 +146,9 @@ class MemoryBroker:
                 consumers.append(c)
             c.transport.post(c, tag, msg)
 
-    def settle(self, c: _Consumer, tag: int, requeue: bool | None) -> None:
-        """Ack (``requeue`` None) or reject a delivered message."""
+    def settle(self, c: _Consumer, tag: int, requeue: bool | None,
+               error: dict[str, Any] | None = None) -> None:
+        """Ack (``requeue`` None) or reject a delivered message (``error``: why)."""
         with self._lock:
             msg = c.unacked.pop(tag, None)
             if msg is not None and requeue is not None:
@@ -154,7 +156,7 @@ class MemoryBroker:
                 if requeue and msg.attempts < self.max_attempts:
                     self._queues[msg.service].append(msg)
                 elif not msg.is_call:
-                    self.dead_letters.append((msg.data, msg.attempts))
+                    self.dead_letters.append((msg.data, msg.attempts, error))
                     log.warning("dead-lettered a message of %s after %d attempt(s)",
                                 msg.service, msg.attempts)
             if not c.active and not c.unacked:
@@ -224,10 +226,10 @@ class _MemoryIncoming(Incoming):
             self._settled = True
             self._consumer.transport.broker.settle(self._consumer, self._tag, None)
 
-    async def reject(self, requeue: bool) -> None:
+    async def reject(self, requeue: bool, error: dict[str, Any] | None = None) -> None:
         if not self._settled:
             self._settled = True
-            self._consumer.transport.broker.settle(self._consumer, self._tag, requeue)
+            self._consumer.transport.broker.settle(self._consumer, self._tag, requeue, error)
 
 
 class MemoryTransport(Transport):

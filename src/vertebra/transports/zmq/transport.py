@@ -100,8 +100,11 @@ class _Incoming(Incoming):
         self._done = True
         await self._transport._send_frames([_H_ACK, self._tag])
 
-    async def reject(self, requeue: bool) -> None:
-        """Give the delivery back to the hub (``requeue``) or drop it."""
+    async def reject(self, requeue: bool, error: dict[str, Any] | None = None) -> None:
+        """Give the delivery back to the hub (``requeue``) or drop it.
+
+        The hub's dead letters keep the message and its attempts, not ``error``: the node
+        has logged it."""
         if self._done:
             return
         self._done = True
