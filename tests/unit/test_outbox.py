@@ -137,3 +137,13 @@ def test_backoff_grows_and_caps():
     b = Backoff(base=0.1, cap=1.0, jitter=lambda: 1.0)
     assert [b.delay(n) for n in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
     assert Backoff(jitter=lambda: 0.0).delay(3) == 0.0
+
+
+def test_a_burst_of_drops_is_counted_in_full_but_logged_once(caplog):
+    box = Outbox(lambda e: asyncio.sleep(0), maxsize=1, policy="drop_newest", clock=lambda: 100.0)
+    with caplog.at_level("WARNING", logger="vertebra.outbox"):
+        for i in range(500):
+            box.put(env(i))
+    assert box.counts["dropped"] == 499
+    lines = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(lines) == 1

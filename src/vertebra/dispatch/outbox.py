@@ -36,6 +36,9 @@ log = logging.getLogger("vertebra.outbox")
 
 OverflowPolicy = Literal["drop_oldest", "drop_newest", "block"]
 
+DROP_LOG_INTERVAL = 10.0
+"""Seconds between the log lines about drops (every drop is counted, not every one logged)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
@@ -89,6 +92,8 @@ class Outbox:
         self._slots: asyncio.Semaphore | None = None
         self._drained: asyncio.Event | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self._logged_at = -DROP_LOG_INTERVAL
+        self._unlogged = 0
         self.counts = {"accepted": 0, "sent": 0, "dropped": 0, "expired": 0, "retries": 0,
                        "failed": 0}
 
@@ -101,16 +106,12 @@ class Outbox:
             if len(self._items) >= self.maxsize:
                 if self.policy == "drop_newest" or (
                         self.policy == "block" and not self._wait_for_room()):
-                    self.counts["dropped"] += 1
-                    log.warning("outbox full (%d): dropped %s %s", self.maxsize, env.kind,
-                                env.topic or f"{env.service}.{env.method}", extra=fields(env))
+                    self._dropped(env, "newest", now)
                     return False
                 if self.policy == "drop_oldest" and len(self._items) >= self.maxsize:
                     old, _, old_seq = self._items.popleft()
                     self._forget(old_seq)
-                    self.counts["dropped"] += 1
-                    log.warning("outbox full (%d): dropped oldest %s", self.maxsize, old.id,
-                                extra=fields(old))
+                    self._dropped(old, "oldest", now)
             seq = self.spool.add(env) if self.spool is not None else 0
             self._items.append((env, now, seq))
             self.counts["accepted"] += 1
@@ -119,6 +120,16 @@ class Outbox:
         if wake:
             self._kick()
         return True
+
+    def _dropped(self, env: Envelope, which: str, now: float) -> None:
+        """Count a drop; log the first of a burst, then one summary line per DROP_LOG_INTERVAL."""
+        self.counts["dropped"] += 1
+        self._unlogged += 1
+        if now - self._logged_at >= DROP_LOG_INTERVAL:
+            log.warning("outbox full (%d): dropped %d message(s) (%s first; latest %s %s); %d dropped in all",
+                        self.maxsize, self._unlogged, which, env.kind,
+                        env.topic or f"{env.service}.{env.method}", self.counts["dropped"], extra=fields(env))
+            self._logged_at, self._unlogged = now, 0
 
     def _wait_for_room(self) -> bool:
         loop = self._loop

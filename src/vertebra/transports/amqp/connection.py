@@ -330,5 +330,8 @@ class LoopConnection:
             with contextlib.suppress(Exception):
                 conn.collect()
 
-        await asyncio.to_thread(shut)
+        try:
+            await asyncio.to_thread(shut)
+        except RuntimeError:   # at interpreter exit the default executor is gone: close here
+            shut()
 
