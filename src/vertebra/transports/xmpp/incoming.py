@@ -1,0 +1,91 @@
+"""What a served service receives: an Incoming answered by IQ result/error (vertebra's own
+envelope) or by an XML-RPC methodResponse (Jabber-RPC)."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ...dispatch.envelope import Envelope
+from ...dispatch.info import ServiceInfo
+from ..base import Handler, Incoming
+from . import jabber_rpc, stanzas
+
+if TYPE_CHECKING:
+    from .transport import XmppTransport
+
+__all__ = ["RpcIncoming", "Served", "XmppIncoming"]
+
+
+@dataclass(slots=True)
+class Served:
+    """A service this bus serves: its handler, prefetch and what runs or waits."""
+
+    info: ServiceInfo
+    handler: Handler
+    prefetch: int
+    active: bool = True
+    running: int = 0
+    held: collections.deque[tuple[Envelope, str, str]] = field(default_factory=collections.deque)
+
+
+class XmppIncoming(Incoming):
+    """A call, cast or task received in an IQ set; answered by an IQ result or error."""
+
+    __slots__ = ("_served", "_settled", "_t")
+
+    def __init__(self, t: XmppTransport, served: Served, env: Envelope) -> None:
+        super().__init__(env)
+        self._t, self._served, self._settled = t, served, False
+
+    async def reply(self, answer: Envelope) -> None:
+        """Answer the call: the reply goes in the IQ result (an error in an IQ error)."""
+        self._t._answer(self.envelope, answer)
+
+    async def ack(self) -> None:
+        """Done: acknowledge a cast/task with an empty IQ result."""
+        if not self._settled:
+            self._settled = True
+            self._t._settle(self._served, self.envelope, None)
+
+    async def reject(self, requeue: bool, error: dict[str, Any] | None = None) -> None:
+        """Give up: ask the sender to send it again (``requeue``) or drop it; ``error``'s
+        message goes in the IQ error's text."""
+        if not self._settled:
+            self._settled = True
+            why = f"{error.get('type', '')}: {error.get('message', '')}" if error else ""
+            self._t._settle(self._served, self.envelope, requeue, why)
+
+
+class RpcIncoming(Incoming):
+    """A Jabber-RPC call fed through the served handler; answered in XML-RPC."""
+
+    __slots__ = ("_done", "_served", "_sid", "_t", "_to")
+
+    def __init__(self, t: XmppTransport, served: Served, env: Envelope, to: str, sid: str) -> None:
+        super().__init__(env)
+        self._t, self._served, self._to, self._sid, self._done = t, served, to, sid, False
+
+    async def reply(self, answer: Envelope) -> None:
+        """Answer in XML-RPC: a methodResponse or a fault."""
+        if answer.kind == "reply":
+            try:
+                inner = jabber_rpc.response(answer.result)
+            except ValueError as exc:
+                inner = jabber_rpc.fault(500, f"result not representable in XML-RPC: {exc}")
+        else:
+            err = answer.error or {}
+            inner = jabber_rpc.fault(400 if err.get("code") == "protocol" else 500,
+                                     f"{err.get('type', 'Error')}: {err.get('message', '')}")
+        self._t._session_send(stanzas.result_iq(self._to, self._sid, inner))
+
+    async def ack(self) -> None:
+        """Free the prefetch slot."""
+        if not self._done:
+            self._done = True
+            self._t._finish(self._served)
+
+    async def reject(self, requeue: bool, error: dict[str, Any] | None = None) -> None:
+        """Free the prefetch slot (an RPC call is never requeued)."""
+        await self.ack()

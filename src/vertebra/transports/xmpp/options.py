@@ -1,0 +1,61 @@
+"""The ``xmpp://`` URL and its options."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+__all__ = ["XmppOptions", "parse_url"]
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True, slots=True)
+class XmppOptions:
+    """Everything ``xmpp://user:password@host:port?...`` says."""
+
+    user: str
+    password: str
+    host: str
+    port: int
+    domain: str
+    resource: str
+    muc: str
+    room: str
+    tls: bool
+    verify: bool
+    ca_file: str
+    allow: frozenset[str]
+    max_size: int
+    max_attempts: int
+    grace: float
+
+    @property
+    def bare(self) -> str:
+        """This account's bare JID."""
+        return f"{self.user}@{self.domain}"
+
+    @property
+    def full(self) -> str:
+        """This connection's full JID."""
+        return f"{self.bare}/{self.resource}"
+
+
+def parse_url(url: str, default_max: int) -> XmppOptions:
+    """Parse an ``xmpp://`` URL; ValueError for a malformed one."""
+    parts = urlsplit(url)
+    if not parts.username or not parts.hostname:
+        raise ValueError(f"an xmpp URL needs user and host: xmpp://user:password@host:port ({url!r})")
+    q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    domain = q.get("domain", parts.hostname)
+    allow = frozenset(j.strip().lower() for j in q.get("allow", "").split(",") if j.strip())
+    return XmppOptions(
+        user=unquote(parts.username), password=unquote(parts.password or ""),
+        host=parts.hostname, port=parts.port or 5222, domain=domain,
+        resource=q.get("resource") or "vt-" + os.urandom(5).hex(),
+        muc=q.get("muc", f"conference.{domain}"), room=q.get("room", "vertebra"),
+        tls=q.get("tls", "1").lower() in _TRUE, verify=q.get("verify", "1").lower() in _TRUE,
+        ca_file=q.get("ca", ""), allow=allow,
+        max_size=int(q.get("max_size", default_max)),
+        max_attempts=int(q.get("max_attempts", 3)), grace=float(q.get("grace", 3.0)))

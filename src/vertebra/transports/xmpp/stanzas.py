@@ -1,0 +1,114 @@
+"""Vertebra's stanzas, written as XML text (the fast path) and read from ElementTree.
+
+Wire summary (docs/protocol/xmpp.md has the whole of it):
+
+* ``<env xmlns='urn:vertebra:envelope:1'>BASE64</env>`` — one encoded envelope (JSON or
+  msgpack bytes, base64) inside an ``<iq type='set'>`` (call/cast/task), its
+  ``type='result'`` (reply, or empty = acknowledged) or ``type='error'`` answer, or a
+  ``<message type='groupchat'>`` to the events room (event).
+* ``<node xmlns='urn:vertebra:presence:1' jid='FULL' load='N'>JSON</node>`` in a MUC
+  presence to the directory room: the services this connection serves and its load.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import xml.etree.ElementTree as ET
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+__all__ = [
+    "NS_ENV", "NS_PRESENCE", "NS_RPC", "NS_STANZAS", "env_of", "error_iq", "node_of", "result_iq",
+    "set_iq",
+]
+
+NS_ENV = "urn:vertebra:envelope:1"
+NS_PRESENCE = "urn:vertebra:presence:1"
+NS_RPC = "jabber:iq:rpc"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"
+NS_DELAY = "urn:xmpp:delay"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+NS_PING = "urn:xmpp:ping"
+
+_ENV_TAG = f"{{{NS_ENV}}}env"
+_NODE_TAG = f"{{{NS_PRESENCE}}}node"
+
+
+def env_element(data: bytes) -> str:
+    """The ``<env/>`` element carrying ``data``."""
+    return f"<env xmlns='{NS_ENV}'>{base64.b64encode(data).decode('ascii')}</env>"
+
+
+def set_iq(to: str, sid: str, data: bytes) -> str:
+    """An IQ set carrying an envelope."""
+    return f"<iq type='set' to={quoteattr(to)} id={quoteattr(sid)}>{env_element(data)}</iq>"
+
+
+def result_iq(to: str, sid: str, inner: str = "") -> str:
+    """An IQ result, optionally with a payload (already XML)."""
+    return f"<iq type='result' to={quoteattr(to)} id={quoteattr(sid)}>{inner}</iq>"
+
+
+def error_iq(to: str, sid: str, condition: str, etype: str = "cancel", text: str = "",
+             inner: str = "") -> str:
+    """An IQ error with an RFC 6120 condition and optional text and payload."""
+    txt = f"<text xmlns='{NS_STANZAS}'>{escape(text[:500])}</text>" if text else ""
+    return (f"<iq type='error' to={quoteattr(to)} id={quoteattr(sid)}>{inner}"
+            f"<error type='{etype}'><{condition} xmlns='{NS_STANZAS}'/>{txt}</error></iq>")
+
+
+def env_of(xml: ET.Element) -> bytes | None:
+    """The envelope bytes in a stanza's ``<env/>`` child; None when there is none.
+
+    Raises ValueError when the element is there but is not base64."""
+    el = xml.find(_ENV_TAG)
+    if el is None:
+        return None
+    try:
+        return base64.b64decode((el.text or "").strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"<env/> is not base64: {exc}") from exc
+
+
+def error_condition(xml: ET.Element) -> str:
+    """The defined condition of an error stanza ("" when absent)."""
+    err = xml.find("{jabber:client}error")
+    if err is None:
+        return ""
+    for child in err:
+        if child.tag.startswith(f"{{{NS_STANZAS}}}") and not child.tag.endswith("}text"):
+            return child.tag.split("}", 1)[1]
+    return ""
+
+
+def error_text(xml: ET.Element) -> str:
+    """The ``<text/>`` of an error stanza ("" when absent)."""
+    el = xml.find(f"{{jabber:client}}error/{{{NS_STANZAS}}}text")
+    return (el.text or "") if el is not None else ""
+
+
+def presence_node(full: str, load: int, services: list[dict[str, Any]]) -> str:
+    """The ``<node/>`` presence extension announcing ``services`` and ``load``."""
+    body = escape(json.dumps(services, separators=(",", ":")))
+    return f"<node xmlns='{NS_PRESENCE}' jid={quoteattr(full)} load='{load}'>{body}</node>"
+
+
+def node_of(xml: ET.Element) -> tuple[str, int, list[dict[str, Any]]] | None:
+    """(jid, load, services) from a presence's ``<node/>``; None if absent or unreadable."""
+    el = xml.find(_NODE_TAG)
+    if el is None:
+        return None
+    try:
+        services = json.loads(el.text or "[]")
+        load = int(el.get("load", "0"))
+    except ValueError:
+        return None
+    jid = el.get("jid", "")
+    if not jid or not isinstance(services, list):
+        return None
+    return jid, load, [s for s in services if isinstance(s, dict)]
