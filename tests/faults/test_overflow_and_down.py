@@ -59,7 +59,6 @@ async def test_tasks_sent_while_the_receiver_is_down_all_arrive_once_it_is_up(op
     await node.stop_serving(timeout=5)  # ... and then its only replica goes away
     for i in range(300):
         assert sender.proxy("calc").crunch.cast(f"{i}")
-    await sender.flush(30)
     later = Calc()
     await (await open_bus("calc")).serve(later)
     await eventually(lambda: len(later.tasks) >= 300, timeout=60, what="all 300 after the receiver is back")
