@@ -1,0 +1,170 @@
+"""A web app that reports exceptions and business metrics without ever blocking a request.
+
+    python examples/reporter.py                    # load test on an embedded ZeroMQ hub
+    python examples/reporter.py --url URL          # the same on a hub or RabbitMQ you run
+    python examples/reporter.py collector --url URL    # run the collector node alone
+    python examples/reporter.py web --url URL          # serve the app on 127.0.0.1:8000
+
+Request handlers hand reports to the "collector" service with `cast`: the call goes into
+the bus's bounded outbox and returns at once, whether the collector is up, slow or down.
+The outbox's overflow policy (here `drop_oldest`, 500 slots) decides what happens when
+it is full, and counts every drop; closing the bus flushes it (`linger`, also at exit).
+The load test sends requests with the collector up, then down, prints p50/p99 request
+latency for both, restarts the collector and shows it got every report that was not
+counted as dropped.  Uses Flask when installed, else a plain WSGI app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import make_server
+from wsgiref.util import setup_testing_defaults
+
+import vertebra
+from vertebra import Node, task
+
+
+class Collector(Node):
+    """The outside service: counts metrics and exceptions."""
+
+    name = "collector"
+
+    def __init__(self) -> None:
+        self.metrics: Counter[str] = Counter()
+        self.exceptions: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    @task
+    def metric(self, name: str, value: float) -> None:
+        with self.lock:
+            self.metrics[name] += 1
+
+    @task
+    def exception(self, path: str, kind: str, message: str, tb: str) -> None:
+        with self.lock:
+            self.exceptions[kind] += 1
+
+    def received(self) -> int:
+        with self.lock:
+            return sum(self.metrics.values()) + sum(self.exceptions.values())
+
+
+def make_app(bus: vertebra.Bus) -> Callable[..., Iterable[bytes]]:
+    """The web app: /order records a sale, /boom fails; both report through ``bus``."""
+    collector = bus.proxy("collector")
+
+    def order(amount: float) -> str:
+        collector.metric.cast("orders.amount", amount)       # never blocks the request
+        return "ok"
+
+    def boom() -> str:
+        raise RuntimeError("the database is on fire")
+
+    def report(path: str, exc: Exception) -> None:
+        collector.exception.cast(path, type(exc).__name__, str(exc), traceback.format_exc())
+
+    try:
+        from flask import Flask, request
+    except ImportError:                                       # plain WSGI
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            path = environ["PATH_INFO"]
+            try:
+                body = order(float(environ.get("QUERY_STRING", "0") or 0)) if path == "/order" else boom()
+                start_response("200 OK", [("Content-Type", "text/plain")])
+            except Exception as exc:
+                report(path, exc)
+                body = "error reported"
+                start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+            return [body.encode()]
+        return app
+
+    flask_app = Flask(__name__)
+    flask_app.add_url_rule("/order", view_func=lambda: order(float(request.args.get("amount", 0))))
+    flask_app.add_url_rule("/boom", view_func=boom)
+
+    @flask_app.errorhandler(Exception)
+    def on_error(exc: Exception) -> tuple[str, int]:
+        report(request.path, exc)
+        return "error reported", 500
+
+    return flask_app
+
+
+def hit(app: Callable[..., Iterable[bytes]], path: str, query: str) -> str:
+    """One request, straight into the WSGI app; returns the status line."""
+    environ: dict[str, Any] = {"PATH_INFO": path, "QUERY_STRING": query}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    return status[0]
+
+
+def load(app: Callable[..., Iterable[bytes]], requests: int) -> tuple[list[float], Counter[str]]:
+    latencies, statuses = [], Counter[str]()
+    for i in range(requests):
+        path = "/boom" if i % 10 == 9 else "/order"
+        start = time.perf_counter()
+        statuses[hit(app, path, f"amount={i}")] += 1
+        latencies.append((time.perf_counter() - start) * 1000)
+    return latencies, statuses
+
+
+def loadtest(url: str, requests: int) -> None:
+    logging.getLogger("vertebra.outbox").setLevel(logging.ERROR)   # one log line per drop otherwise
+    collector = Collector()
+    with vertebra.connect(url, outbox_size=500, overflow="drop_oldest", linger=5.0) as bus:
+        app = make_app(bus)
+        for phase in ("up", "down"):
+            if phase == "up":
+                collector_bus = vertebra.connect(url)
+                collector_bus.serve(collector)
+            else:
+                collector_bus.close()                       # the collector goes away
+            latencies, statuses = load(app, requests)
+            q = statistics.quantiles(latencies, n=100)
+            print(f"collector {phase:<4}: {requests} requests {dict(statuses)} "
+                  f"p50 {q[49]:.3f} ms  p99 {q[98]:.3f} ms")
+        left = bus.flush(5.0)                                # what close() would do on exit
+        outbox = bus.stats()["outbox"]
+        print(f"outbox: dropped {outbox.get('dropped', 0)} (drop_oldest), unsent after flush {left}")
+    sent = 2 * requests
+    expected = sent - outbox.get("dropped", 0)
+    with vertebra.connect(url) as collector_bus:             # the collector comes back
+        collector_bus.serve(collector)
+        deadline = time.monotonic() + 20
+        while collector.received() < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+    print(f"collector received {collector.received()} of {sent} reports sent "
+          f"({expected} not dropped): metrics {dict(collector.metrics)}, "
+          f"exceptions {dict(collector.exceptions)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("mode", nargs="?", choices=["loadtest", "collector", "web"], default="loadtest")
+    parser.add_argument("--url", help="transport URL (default: an embedded ZeroMQ hub)")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per phase")
+    args = parser.parse_args()
+    if args.mode == "collector":
+        vertebra.serve(Collector(), url=args.url)
+    elif args.mode == "web":
+        with vertebra.connect(args.url, overflow="drop_oldest", linger=5.0) as bus:
+            print("serving on http://127.0.0.1:8000/order?amount=5 and /boom")
+            make_server("127.0.0.1", 8000, make_app(bus)).serve_forever()
+    elif args.url:
+        loadtest(args.url, args.requests)
+    else:
+        with vertebra.Hub("tcp://127.0.0.1:0") as hub:
+            loadtest(hub.url, args.requests)
+
+
+if __name__ == "__main__":
+    main()
