@@ -103,3 +103,30 @@ async def test_node_dedup_window_makes_redelivered_tasks_run_once():
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
     assert runs == ["j1", "j2"]
+
+
+async def test_a_dead_task_keeps_the_error_that_killed_it():
+    import vertebra
+    from vertebra import Node, task
+    from vertebra.dispatch.codec import decode
+    from vertebra.transports.memory import broker
+
+    class Doomed(Node):
+        name = "doomed"
+
+        @task
+        def work(self, x: int) -> None:
+            raise LookupError(f"no {x}")
+
+    async with vertebra.connect_async("memory://dead-letters?max_attempts=2") as bus:
+        await bus.serve(Doomed())
+        bus.proxy("doomed").work.cast(7)
+        dead = broker("dead-letters").dead_letters
+        for _ in range(300):
+            if dead:
+                break
+            await asyncio.sleep(0.01)
+    data, attempts, error = dead[0]
+    assert decode(data).args == [7] and attempts == 2
+    assert (error["type"], error["message"]) == ("LookupError", "no 7")
+    assert "raise LookupError" in error["traceback"] and error["node"]

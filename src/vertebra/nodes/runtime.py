@@ -247,9 +247,9 @@ class NodeRuntime:
                   extra=fields(env))
         if h.entry.kind == "task" and not isinstance(exc, TypeError):
             self.dedup.forget(env)        # the retry must run, not be taken for a duplicate
-            await incoming.reject(True)   # another attempt; the transport dead-letters past N
+            await incoming.reject(True, error)   # another attempt; dead-lettered past N
         else:
-            await incoming.reject(False)
+            await incoming.reject(False, error)
 
     # -- events -----------------------------------------------------------------------------
 
