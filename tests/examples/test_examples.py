@@ -112,6 +112,11 @@ def test_reporter_amqp(amqp_url: AmqpUrl) -> None:
     check_reporter(run_example("reporter.py", "--requests", "400", "--url", amqp_url("collector")), 400)
 
 
+def test_reporter_xmpp(xmpp_url: Callable[[str], str]) -> None:
+    # no broker: the running app is what holds the reports until the collector is back
+    check_reporter(run_example("reporter.py", "--requests", "400", "--url", xmpp_url("collector")), 400)
+
+
 # media ---------------------------------------------------------------------------------
 
 def check_media(out: str, store_scheme: str) -> None:
