@@ -40,10 +40,10 @@ def items(*files: Path) -> collections.Counter[int]:
     return c
 
 
-def wait_for(cond, timeout: float, what: str) -> None:
+def wait_for(cond, timeout: float, what: str, progress=lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what} {progress()}"
         time.sleep(0.05)
 
 
@@ -107,7 +107,8 @@ def test_sender_killed_with_a_spool_loses_nothing(url_for, tmp_path):
     worker = spawn("worker", url_for("faulty"), str(out))   # and then the receiver comes up
     try:
         expect_line(worker, "ready")
-        wait_for(lambda: set(items(out)) >= set(range(n)), 180, f"all {n} items")
+        wait_for(lambda: set(items(out)) >= set(range(n)), 180, f"all {n} items",
+                 lambda: f"(got {len(set(items(out)))}; sender exit {again.poll()})")
         assert again.wait(180) == 0                          # the sender flushed and left
         seen = items(out)
         print(f"restored {restored} from the spool; received {len(seen)} distinct, "

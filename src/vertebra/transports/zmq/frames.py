@@ -17,7 +17,7 @@ from typing import Final
 __all__ = [
     "ACK", "ANSWER", "CALL", "CAST", "CLIENT_COMMANDS", "DELIVER_KINDS", "DISCOVER", "BYE",
     "FrameError", "HEARTBEAT", "HELLO", "HUB_COMMANDS", "KIND_CODES", "NACK", "PROTOCOL",
-    "PUBOK", "REPLY", "RESET", "SERVE", "SERVICES", "SYNC", "TASK", "UNREACHABLE", "UNSERVE",
+    "PUBOK", "QUEUED", "REPLY", "RESET", "SERVE", "SERVICES", "SYNC", "TASK", "UNREACHABLE", "UNSERVE",
     "VERSION", "WELCOME", "header", "parse", "EVENT_CONTROL",
 ]
 
@@ -46,6 +46,7 @@ SERVICES: Final = 0x26
 RESET: Final = 0x27
 PROTOCOL: Final = 0x28
 PUBOK: Final = 0x29
+QUEUED: Final = 0x2A
 
 EVENT_CONTROL: Final = b"\x00"
 """Event topic frames that start with this byte are hub control traffic, never events."""
@@ -83,6 +84,7 @@ HUB_COMMANDS: Final[dict[int, int]] = {
     RESET: 0,
     PROTOCOL: 2,     # message id (may be empty), reason
     PUBOK: 0,
+    QUEUED: 1,       # message id of a cast or task the hub now holds (or has delivered)
 }
 
 _HEADERS: Final[dict[int, bytes]] = {c: bytes((VERSION, c)) for c in

@@ -346,7 +346,7 @@ class Hub:
                 self._bad(ident, f"message of {len(body)} bytes is over the hub's maximum "
                                  f"of {self.max_message_size}", msgid)
                 return
-            self._route(service, (cmd, ident, msgid, body, 0))
+            self._route(service, (cmd, ident, msgid, body, 0), confirm=cmd != F.CALL)
         elif cmd == F.REPLY:
             tag, body = args
             entry = peer.inflight.pop(tag, None)
@@ -403,7 +403,8 @@ class Hub:
                    "max_message_size": self.max_message_size}
         self._send(ident, [F.header(F.WELCOME), json.dumps(welcome).encode()])
 
-    def _route(self, name: bytes, item: _Item) -> None:
+    def _route(self, name: bytes, item: _Item, confirm: bool = False) -> None:
+        """Deliver or queue ``item``; ``confirm``: tell a cast's or task's sender (QUEUED)."""
         svc = self._services.get(name)
         if svc is None or not svc.workers:
             if item[0] == F.CALL:
@@ -412,15 +413,16 @@ class Hub:
                 return
             if svc is None:
                 svc = self._services[name] = _Service(name)
+        if not svc.available and len(svc.queue) >= self.max_queue:
+            self.stats["dropped"] += 1   # the sender keeps it (UNREACHABLE) and retries later
+            self._send(item[1], [F.header(F.UNREACHABLE), item[2], b"the hub's queue is full"])
+            return
+        if confirm:
+            self._send(item[1], [F.header(F.QUEUED), item[2]])
         if svc.available:
             self._deliver(svc, self._next_worker(svc), item)
-            return
-        if len(svc.queue) >= self.max_queue:
-            self.stats["dropped"] += 1
-            if item[0] == F.CALL:
-                self._send(item[1], [F.header(F.UNREACHABLE), item[2], b"the hub's queue is full"])
-            return
-        svc.queue.append(item)
+        else:
+            svc.queue.append(item)
 
     def _next_worker(self, svc: _Service) -> bytes:
         workers, credit = svc.workers, svc.credit

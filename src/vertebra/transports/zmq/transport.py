@@ -153,6 +153,7 @@ class ZmqTransport(Transport):
         self._welcome: asyncio.Future[dict[str, Any]] | None = None
         self._pubok: asyncio.Future[None] | None = None
         self._syncs: dict[bytes, asyncio.Future[None]] = {}
+        self._unconfirmed: dict[bytes, asyncio.Future[None]] = {}   # casts/tasks awaiting QUEUED
         self._discovers: dict[bytes, asyncio.Future[bytes]] = {}
         self._served: dict[bytes, tuple[ServiceInfo, Handler, int]] = {}
         self._subs: list[tuple[str, EventHandler]] = []
@@ -272,9 +273,9 @@ class ZmqTransport(Transport):
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
-        for sync in self._syncs.values():
-            if not sync.done():
-                sync.set_exception(ConnectionError("the zmq transport closed"))
+        for pending in (*self._syncs.values(), *self._unconfirmed.values()):
+            if not pending.done():
+                pending.set_exception(ConnectionError("the zmq transport closed"))
         for req in self._discovers.values():
             if not req.done():
                 req.set_exception(ConnectionError("the zmq transport closed"))
@@ -307,7 +308,19 @@ class ZmqTransport(Transport):
                                 f"{self.max_message_size} (max_message_size)")
         if not self._hub_alive:
             raise ConnectionError(f"the zmq hub at {self.endpoint} is not answering")
-        await self._send_frames([head, env.service.encode(), env.id.encode(), body])
+        if env.kind == "call":
+            await self._send_frames([head, env.service.encode(), env.id.encode(), body])
+            return
+        # A cast or task is sent once the hub holds it (QUEUED), like a publisher confirm:
+        # until then only this process has it, so the outbox (and its spool) must keep it.
+        msgid = env.id.encode()
+        confirmed = asyncio.get_running_loop().create_future()
+        self._unconfirmed[msgid] = confirmed
+        try:
+            await self._send_frames([head, env.service.encode(), msgid, body])
+            await confirmed
+        finally:
+            self._unconfirmed.pop(msgid, None)
 
     async def _publish(self, env: Envelope) -> None:
         body = self.codec.encode(env)
@@ -502,8 +515,17 @@ class ZmqTransport(Transport):
                 self._malformed("answer of kind %r", env.kind)
         elif cmd in F.DELIVER_KINDS:
             await self._deliver(cmd, *args)
+        elif cmd == F.QUEUED:
+            confirmed = self._unconfirmed.get(args[0])
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
         elif cmd == F.UNREACHABLE:
             self.stats["unreachable"] += 1
+            refused = self._unconfirmed.get(args[0])
+            if refused is not None:          # a cast or task the hub could not take
+                if not refused.done():
+                    refused.set_exception(ConnectionError(args[1].decode(errors="replace")))
+                return
             if self._on_answer is not None:
                 self._on_answer(_unreachable(args[0].decode(errors="replace"),
                                              args[1].decode(errors="replace")))
@@ -570,6 +592,9 @@ class ZmqTransport(Transport):
                 if self._hub_alive:
                     log.warning("zmq: the hub at %s missed its heartbeats", self.endpoint)
                     self._hub_alive = False
+                    for pending in self._unconfirmed.values():   # the outbox sends them again
+                        if not pending.done():
+                            pending.set_exception(ConnectionError("the zmq hub stopped answering"))
                 self.stats["reconnects"] += 1
                 await self._hello()
             else:
