@@ -1,10 +1,12 @@
 """Trace context across nodes and transports: W3C ``traceparent`` in the envelope headers.
 
-OpenTelemetry is optional.  When ``opentelemetry-api`` is installed, every call, cast,
+OpenTelemetry is optional.  When ``opentelemetry-api`` is installed and a tracer provider
+is configured (an SDK's, set with ``trace.set_tracer_provider``), every call, cast,
 task and event gets a span (client/producer on the sending side, server/consumer around
 the handler), and the sending span's context travels in ``headers["traceparent"]`` (and
 ``tracestate``), so a call chain or a workflow across processes and transports is one
-trace.  Without it, these functions cost one attribute check and do nothing.
+trace.  Without one — no opentelemetry, or only its API's default no-op provider — these
+functions cost a check and do nothing (no no-op spans on the hot path).
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ ENABLED = trace is not None
 _KINDS = {"call": "CLIENT", "cast": "PRODUCER", "task": "PRODUCER", "event": "PRODUCER"}
 
 
+def _tracing() -> bool:
+    if trace is None:
+        return False
+    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
 def _name(env: Envelope) -> str:
     return env.topic if env.kind == "event" else f"{env.service}.{env.method}"
 
@@ -44,7 +52,7 @@ def _attributes(env: Envelope, transport: str) -> dict[str, Any]:
 @contextlib.contextmanager
 def producer_span(env: Envelope, transport: str) -> Iterator[None]:
     """A span for sending ``env``; its context is injected into ``env.headers``."""
-    if trace is None:
+    if not _tracing():
         yield
         return
     tracer = trace.get_tracer("vertebra")
@@ -62,7 +70,7 @@ def producer_span(env: Envelope, transport: str) -> Iterator[None]:
 @contextlib.contextmanager
 def consumer_span(env: Envelope, transport: str) -> Iterator[None]:
     """A span around handling ``env``, a child of the context its headers carry."""
-    if trace is None:
+    if not _tracing():
         yield
         return
     tracer = trace.get_tracer("vertebra")
