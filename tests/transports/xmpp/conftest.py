@@ -15,7 +15,6 @@ import slixmpp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))   # the repo root: tests.servers
 
-import vertebra
 from tests.servers import xmpp as xmpp_servers
 
 
@@ -30,24 +29,6 @@ def ns(xmpp_server: xmpp_servers.Server) -> Iterator[Callable[..., str]]:
     """url_for(role, **params) in a room of this test's own."""
     with xmpp_server.namespace(uuid.uuid4().hex[:10]) as url_for:
         yield url_for
-
-
-@pytest.fixture
-async def bus_for(ns: Callable[..., str]) -> AsyncIterator[Callable[..., Any]]:
-    """``await bus_for(role, url_params={}, **bus_options)`` -> a started AsyncBus."""
-    buses: list[vertebra.AsyncBus] = []
-
-    async def factory(role: str = "client", url_params: dict[str, str] | None = None,
-                      **options: Any) -> vertebra.AsyncBus:
-        options.setdefault("linger", 2.0)
-        bus = vertebra.connect_async(ns(role, **(url_params or {})), **options)
-        await bus.start()
-        buses.append(bus)
-        return bus
-
-    yield factory
-    for bus in reversed(buses):
-        await bus.close(linger=1.0)
 
 
 @pytest.fixture
