@@ -36,7 +36,8 @@ class Method:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the method and block until its result (or raise its error)."""
-        return self.future(*args, **kwargs).result()
+        return self._bus.portal.run(
+            self._bus.core.call(self._service, self._method, args, kwargs, timeout=self._timeout))
 
     def cast(self, *args: Any, **kwargs: Any) -> str | None:
         """Fire and forget (queued in the outbox); the message id, or None if dropped."""
