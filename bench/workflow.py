@@ -2,7 +2,10 @@
 orchestrated vs choreographed, beside the same steps as plain sequential proxy calls —
 per transport, side by side in one run.
 
-    python -m bench.workflow [--runs 50] [--amqp URL] [--transports memory,zmq,amqp]
+    python -m bench.workflow [--runs 50] [--amqp URL] [--transports memory,zmq,amqp,xmpp]
+
+zmq runs on an embedded hub, xmpp on a private Prosody (tests/servers/xmpp.py), amqp on
+the broker at ``--amqp``.
 
 Choreographed fan-out/fan-in does not exist (a join needs a coordinator), so that cell is
 "n/a". Figures are medians over the runs; ratios are to the plain calls of the same
@@ -13,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import vertebra
 from vertebra import Node, rpc
@@ -61,8 +67,9 @@ async def measure(fn: Callable[[], Awaitable[object]], runs: int) -> tuple[float
     return runs / elapsed, statistics.median(lat) * 1000, lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
 
 
-async def bench_transport(url: str, runs: int) -> list[tuple[str, tuple[float, float, float] | None]]:
-    async with vertebra.connect_async(url) as node, vertebra.connect_async(url) as bus:
+async def bench_transport(node_url: str, client_url: str,
+                          runs: int) -> list[tuple[str, tuple[float, float, float] | None]]:
+    async with vertebra.connect_async(node_url) as node, vertebra.connect_async(client_url) as bus:
         await node.serve(Steps())
         s = bus.proxy("steps")
 
@@ -95,25 +102,45 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
-    ap.add_argument("--transports", default="memory,zmq,amqp")
+    ap.add_argument("--transports", default="memory,zmq,amqp,xmpp")
     args = ap.parse_args()
-    hub = vertebra.Hub("tcp://127.0.0.1:0").start()
-    urls = {"memory": "memory://bench-workflow", "zmq": hub.url,
-            "amqp": f"{args.amqp}?prefix=bench-{uuid.uuid4().hex[:6]}."}
+    with contextlib.ExitStack() as servers:
+        urls = {name: servers.enter_context(_server(name, args.amqp)) for name in args.transports.split(",")}
+        table(urls, args.runs)
+
+
+@contextlib.contextmanager
+def _server(name: str, amqp: str) -> Iterator[tuple[str, str]]:
+    """(node URL, client URL) for transport ``name``, its server up while in use."""
+    if name == "memory":
+        yield "memory://bench-workflow", "memory://bench-workflow"
+    elif name == "zmq":
+        with vertebra.Hub("tcp://127.0.0.1:0") as hub:
+            yield hub.url, hub.url
+    elif name == "amqp":
+        url = f"{amqp}?prefix=bench-{uuid.uuid4().hex[:6]}."
+        yield url, url
+    elif name == "xmpp":
+        from tests.servers import xmpp as xmpp_servers
+        with tempfile.TemporaryDirectory() as tmp, xmpp_servers.running(Path(tmp)) as server:
+            yield server.url("node", "bench-workflow"), server.url("client", "bench-workflow")
+    else:
+        raise SystemExit(f"unknown transport {name!r}")
+
+
+def table(urls: dict[str, tuple[str, str]], runs: int) -> None:
+    """Run every case on every transport and print the table."""
     print(f"{'transport':<8} {'case':<44} {'workflows/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'vs plain':>9}")
-    try:
-        for name in args.transports.split(","):
-            rows = asyncio.run(bench_transport(urls[name], args.runs))
-            plain = {"5": rows[0][1], "1": rows[3][1]}
-            for case, fig in rows:
-                if fig is None:
-                    print(f"{name:<8} {case:<44} {'n/a (a join needs a coordinator)':>40}")
-                    continue
-                base = plain[case[0]]
-                ratio = fig[0] / base[0] if base else 0.0
-                print(f"{name:<8} {case:<44} {fig[0]:>12,.1f} {fig[1]:>8.2f} {fig[2]:>8.2f} {ratio:>9.2f}")
-    finally:
-        hub.stop()
+    for name, (node_url, client_url) in urls.items():
+        rows = asyncio.run(bench_transport(node_url, client_url, runs))
+        plain = {"5": rows[0][1], "1": rows[3][1]}
+        for case, fig in rows:
+            if fig is None:
+                print(f"{name:<8} {case:<44} {'n/a (a join needs a coordinator)':>40}")
+                continue
+            base = plain[case[0]]
+            ratio = fig[0] / base[0] if base else 0.0
+            print(f"{name:<8} {case:<44} {fig[0]:>12,.1f} {fig[1]:>8.2f} {fig[2]:>8.2f} {ratio:>9.2f}")
 
 
 if __name__ == "__main__":
