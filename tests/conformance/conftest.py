@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import vertebra
+from tests.servers import started_buses
 
 ALL_SCHEMES = ("memory", "zmq", "amqp", "xmpp")
 SCHEMES = tuple(s for s in os.environ.get("VERTEBRA_TEST_TRANSPORTS", ",".join(ALL_SCHEMES)).split(",") if s)
@@ -65,18 +66,8 @@ OpenBus = Callable[..., Awaitable[vertebra.AsyncBus]]
 @pytest.fixture
 async def open_bus(url_for: Callable[[str], str]) -> AsyncIterator[OpenBus]:
     """``await open_bus(role, **options)`` -> a started AsyncBus, closed after the test."""
-    buses: list[vertebra.AsyncBus] = []
-
-    async def factory(role: str = "client", **options: Any) -> vertebra.AsyncBus:
-        options.setdefault("linger", 2.0)
-        bus = vertebra.connect_async(url_for(role), **options)
-        await bus.start()
-        buses.append(bus)
-        return bus
-
-    yield factory
-    for bus in reversed(buses):
-        await bus.close(linger=1.0)
+    async with started_buses(url_for) as factory:
+        yield factory
 
 
 @pytest.fixture

@@ -17,3 +17,32 @@ Each module ``tests/servers/<scheme>.py`` provides::
 
 The conformance suite (tests/conformance/conftest.py) uses exactly this and nothing else.
 """
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import vertebra
+
+
+@asynccontextmanager
+async def started_buses(url: Callable[..., str]) -> AsyncIterator[Callable[..., Any]]:
+    """Yields ``await factory(role, url_params={}, **bus_options)`` -> a started AsyncBus
+    on ``url(role, **url_params)``; every bus it made is closed on exit, newest first."""
+    buses: list[vertebra.AsyncBus] = []
+
+    async def factory(role: str = "client", url_params: dict[str, str] | None = None,
+                      **options: Any) -> vertebra.AsyncBus:
+        options.setdefault("linger", 2.0)
+        bus = vertebra.connect_async(url(role, **(url_params or {})), **options)
+        await bus.start()
+        buses.append(bus)
+        return bus
+
+    try:
+        yield factory
+    finally:
+        for bus in reversed(buses):
+            await bus.close(linger=1.0)

@@ -7,22 +7,11 @@ from typing import Any
 
 import pytest
 
-import vertebra
+from tests.servers import started_buses
 
 
 @pytest.fixture
 async def bus_for(ns: Callable[..., str]) -> AsyncIterator[Callable[..., Any]]:
     """``await bus_for(role, url_params={}, **bus_options)`` -> a started AsyncBus."""
-    buses: list[vertebra.AsyncBus] = []
-
-    async def factory(role: str = "client", url_params: dict[str, str] | None = None,
-                      **options: Any) -> vertebra.AsyncBus:
-        options.setdefault("linger", 2.0)
-        bus = vertebra.connect_async(ns(role, **(url_params or {})), **options)
-        await bus.start()
-        buses.append(bus)
-        return bus
-
-    yield factory
-    for bus in reversed(buses):
-        await bus.close(linger=1.0)
+    async with started_buses(ns) as factory:
+        yield factory
