@@ -23,9 +23,8 @@ except ImportError:  # exercised by the extras-free CI run
 
 from .envelope import Envelope
 
-__all__ = ["ENABLED", "consumer_span", "producer_span"]
+__all__ = ["consumer_span", "producer_span"]
 
-ENABLED = trace is not None
 _KINDS = {"call": "CLIENT", "cast": "PRODUCER", "task": "PRODUCER", "event": "PRODUCER"}
 
 
