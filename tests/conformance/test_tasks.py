@@ -20,10 +20,11 @@ async def test_each_task_runs_once_and_work_spreads_across_replicas(open_bus):
     assert nodes[0].tasks and nodes[1].tasks     # both replicas took work
 
 
-async def test_tasks_cast_before_a_worker_exists_are_kept(open_bus):
+async def test_casts_to_one_replica_each_run_exactly_once(open_bus):
+    # (casts sent while no replica serves: tests/faults/test_overflow_and_down.py)
     client = await open_bus()
     calc = Calc()
-    await (await open_bus("calc")).serve(calc)   # the service queue exists...
+    await (await open_bus("calc")).serve(calc)
     for i in range(5):
         client.proxy("calc").crunch.cast(f"early-{i}")
     await eventually(lambda: len(calc.tasks) == 5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import signal
 import subprocess
 import sys
@@ -157,10 +156,10 @@ async def test_garbage_on_every_hub_socket_is_dropped_and_counted(hub, open_clie
             xsub_sub.send(rng.randbytes(rng.randint(0, 40)))
         await eventually(lambda: node.t.stats["malformed"] >= 1 and hub.stats["oversized"] >= 1)
         assert hub.stats["malformed"] >= len(bad)
-        # a 100 MB message: the hub drops the connection (MAXMSGSIZE) and keeps serving
+        # a 100 MB message: libzmq drops the connection (MAXMSGSIZE) before the hub sees it,
+        # so nothing is counted; the calls below prove the hub and node keep serving
         dealer.send_multipart([F.header(F.CALL), b"calc", b"mid-3", b"{" * (100 * 1024 * 1024)])
         await asyncio.sleep(0.5)
-        assert hub.stats["malformed"] >= len(bad)
     finally:
         ctx.destroy(linger=0)
     for i in range(5):
@@ -201,7 +200,6 @@ async def test_a_restarted_hub_gets_the_services_back(open_client):
 def test_hub_binds_a_free_port_and_reports_its_url():
     with Hub("tcp://127.0.0.1:0") as a, Hub("zmq://127.0.0.1:0") as b:
         assert a.url.startswith("zmq://127.0.0.1:") and a.url != b.url
-    assert os.environ.get("NO_SUCH") is None
 
 
 @pytest.mark.slow
