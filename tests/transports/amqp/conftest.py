@@ -25,5 +25,3 @@ def ns(amqp_server: amqp_servers.Server) -> Iterator[Callable[..., str]]:
     """url_for(role, **params) in a namespace of this test's own."""
     with amqp_server.namespace(uuid.uuid4().hex[:10]) as url_for:
         yield url_for
-
-
