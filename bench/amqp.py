@@ -410,7 +410,7 @@ async def vertebra_tasks(url: str, n: int, window: int) -> Row:
     import vertebra
     async with vertebra.connect_async(url.replace("echo", "sinkless"), send_window=window,
                                       outbox_size=n + 10) as bus:
-        await bus.transport.send(vertebra.dispatch.envelope.Envelope(   # declare the queue
+        await bus.transport.send(vertebra.wire.envelope.Envelope(   # declare the queue
             "task", service="nobody", method="sink", args=[PAYLOAD]))
         t0 = time.perf_counter()
         for _ in range(n):

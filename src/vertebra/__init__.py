@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .dispatch.bus import AsyncBus
-from .dispatch.errors import CallTimeout, ProtocolError, RemoteError, Unreachable, VertebraError
 from .dispatch.sync import Bus
 from .nodes import Node, event, rpc, serve, task
+from .wire.errors import CallTimeout, ProtocolError, RemoteError, Unreachable, VertebraError
 
 if TYPE_CHECKING:
     from .transports.zmq import Hub

@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from .dispatch.errors import VertebraError
-from .dispatch.info import ServiceInfo
 from .dispatch.url import default_url
+from .wire.errors import VertebraError
+from .wire.info import ServiceInfo
 
 __all__ = ["main"]
 

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from .dispatch.errors import CallTimeout, RemoteError, Unreachable
 from .dispatch.sync import Bus
 from .nodes import Node, event, rpc, task
+from .wire.errors import CallTimeout, RemoteError, Unreachable
 
 __all__ = ["run_demo"]
 

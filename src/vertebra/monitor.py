@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .dispatch.errors import VertebraError
-from .dispatch.info import ServiceInfo
 from .dispatch.sync import Bus
 from .nodes.runtime import STATS_METHOD
+from .wire.errors import VertebraError
+from .wire.info import ServiceInfo
 
 __all__ = ["Row", "Snapshot", "take_snapshot"]
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import vertebra
-from vertebra.dispatch.envelope import Envelope
+from vertebra.wire.envelope import Envelope
 
 from .services import Calc
 

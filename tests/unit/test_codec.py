@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vertebra import ProtocolError
-from vertebra.dispatch.codec import CODECS, MAX_DEPTH, decode
-from vertebra.dispatch.envelope import Envelope
+from vertebra.wire.codec import CODECS, MAX_DEPTH, decode
+from vertebra.wire.envelope import Envelope
 
 scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary() | \
     st.floats(allow_nan=False, allow_infinity=False)

@@ -6,11 +6,11 @@ import asyncio
 import threading
 import time
 
-from vertebra.dispatch.envelope import Envelope
 from vertebra.dispatch.outbox import Outbox
 from vertebra.dispatch.spool import Spool
 from vertebra.nodes.dedup import Dedup
 from vertebra.nodes.pool import ElasticPool
+from vertebra.wire.envelope import Envelope
 
 
 def cast(i: int) -> Envelope:
@@ -108,8 +108,8 @@ async def test_node_dedup_window_makes_redelivered_tasks_run_once():
 async def test_a_dead_task_keeps_the_error_that_killed_it():
     import vertebra
     from vertebra import Node, task
-    from vertebra.dispatch.codec import decode
     from vertebra.transports.memory import broker
+    from vertebra.wire.codec import decode
 
     class Doomed(Node):
         name = "doomed"

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from vertebra.dispatch.envelope import Envelope
-from vertebra.dispatch.errors import ProtocolError
 from vertebra.dispatch.outbox import Backoff, Outbox
+from vertebra.wire.envelope import Envelope
+from vertebra.wire.errors import ProtocolError
 
 
 def env(i: int) -> Envelope:

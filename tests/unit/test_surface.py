@@ -80,3 +80,16 @@ def test_importing_vertebra_and_using_memory_loads_no_transport_library():
 def test_unknown_scheme_names_the_known_ones():
     with pytest.raises(ValueError, match="memory"):
         vertebra.connect("nope://x")
+
+
+@pytest.mark.parametrize("path", sorted((SRC / "transports").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(SRC)))
+def test_transports_never_import_dispatch(path):
+    for name in _imports(path):
+        assert "dispatch" not in name.split("."), f"{path} imports {name}"
+
+
+@pytest.mark.parametrize("path", sorted((SRC / "wire").glob("*.py")), ids=lambda p: p.name)
+def test_wire_types_import_nothing_else_of_vertebra(path):
+    for name in _imports(path):
+        assert not name.startswith("..") and not name.startswith("vertebra"), f"{path.name} imports {name}"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vertebra.dispatch.topics import literal_prefix, matches, validate_pattern, validate_topic
+from vertebra.wire.topics import literal_prefix, matches, validate_pattern, validate_topic
 
 
 def reference(pattern: str, topic: str) -> bool:

@@ -1,1 +1,1 @@
-"""The transport-neutral core: envelope, codecs, errors, the Bus, proxies, outbox."""
+"""The transport-neutral core: the Bus, proxies, the pending-call table, the outbox (the wire types it uses live in :mod:`vertebra.wire`)."""

@@ -17,17 +17,17 @@ from typing import Any
 
 from ..transports import open_transport
 from ..transports.base import Transport
-from .codec import get_codec
-from .envelope import Envelope
-from .errors import CallTimeout, Unreachable, VertebraError
-from .info import ServiceInfo
+from ..wire.codec import get_codec
+from ..wire.envelope import Envelope
+from ..wire.errors import CallTimeout, Unreachable, VertebraError
+from ..wire.info import ServiceInfo
+from ..wire.topics import matches, validate_pattern, validate_topic
 from .multi import MultiTransport
 from .outbox import Backoff, Outbox, OverflowPolicy
 from .pending import PendingCalls
 from .proxy import AsyncProxy
 from .service import Servable, ServiceRuntime
 from .spool import Spool
-from .topics import matches, validate_pattern, validate_topic
 from .tracing import producer_span
 from .url import default_url
 

@@ -12,7 +12,7 @@ absent), so a JSON formatter or a log shipper can index them without parsing the
 
 from __future__ import annotations
 
-from .envelope import Envelope
+from ..wire.envelope import Envelope
 
 __all__ = ["fields"]
 

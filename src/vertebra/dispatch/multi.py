@@ -21,9 +21,9 @@ import time
 from typing import ClassVar
 
 from ..transports.base import AnswerCallback, Capabilities, EventHandler, Handler, Transport
-from .codec import Codec
-from .envelope import Envelope
-from .info import ServiceInfo
+from ..wire.codec import Codec
+from ..wire.envelope import Envelope
+from ..wire.info import ServiceInfo
 
 __all__ = ["ROUTE_TTL", "MultiTransport"]
 

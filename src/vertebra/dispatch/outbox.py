@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from .envelope import Envelope
-from .errors import ProtocolError
+from ..wire.envelope import Envelope
+from ..wire.errors import ProtocolError
 from .logfields import fields
 from .spool import Spool
 

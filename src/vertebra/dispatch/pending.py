@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .envelope import Envelope
-from .errors import error_from_wire
+from ..wire.envelope import Envelope
+from ..wire.errors import error_from_wire
 
 __all__ = ["PendingCalls"]
 

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from vertebra.dispatch.eager import start_eagerly
+from vertebra.eager import start_eagerly
 
 __all__ = ["Portal"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 from ..transports.base import Incoming
-from .envelope import Envelope
-from .info import ServiceInfo
+from ..wire.envelope import Envelope
+from ..wire.info import ServiceInfo
 
 __all__ = ["Servable", "ServiceRuntime"]
 

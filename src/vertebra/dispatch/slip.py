@@ -22,8 +22,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .codec import plain
-from .errors import ProtocolError
+from ..wire.codec import plain
+from ..wire.errors import ProtocolError
 
 __all__ = ["SLIP_HEADER", "Slip", "SlipStep"]
 
@@ -61,7 +61,7 @@ class Slip:
     @classmethod
     def decode(cls, text: str) -> Slip:
         """Parse a header value; ProtocolError when it is not a slip."""
-        from .codec import _untag  # the JSON codec's tag rules, applied to the header
+        from ..wire.codec import _untag  # the JSON codec's tag rules, applied to the header
         try:
             d = _untag(json.loads(text))
             steps = tuple(SlipStep(str(x["service"]), str(x["method"]), tuple(x.get("args", ())),

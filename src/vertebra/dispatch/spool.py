@@ -16,8 +16,8 @@ import sqlite3
 import threading
 from typing import Literal
 
-from .codec import CODECS
-from .envelope import Envelope
+from ..wire.codec import CODECS
+from ..wire.envelope import Envelope
 
 __all__ = ["Spool"]
 

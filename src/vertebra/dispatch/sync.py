@@ -15,8 +15,8 @@ import weakref
 from types import TracebackType
 from typing import Any
 
+from ..wire.info import ServiceInfo
 from .bus import AsyncBus, EventCallback
-from .info import ServiceInfo
 from .portal import Portal
 from .service import Servable
 

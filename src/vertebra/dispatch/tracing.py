@@ -21,7 +21,7 @@ try:  # optional: pip install 'vertebra[otel]'
 except ImportError:  # exercised by the extras-free CI run
     trace = None  # type: ignore[assignment]
 
-from .envelope import Envelope
+from ..wire.envelope import Envelope
 
 __all__ = ["consumer_span", "producer_span"]
 

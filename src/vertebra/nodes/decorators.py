@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from ..dispatch.topics import validate_pattern
+from ..wire.topics import validate_pattern
 
 __all__ = ["ENTRYPOINT_ATTR", "Entrypoint", "cron", "event", "every", "rpc", "task"]
 

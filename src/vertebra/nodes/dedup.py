@@ -7,7 +7,7 @@ import collections
 import time
 from collections.abc import Callable
 
-from ..dispatch.envelope import Envelope
+from ..wire.envelope import Envelope
 
 __all__ = ["Dedup"]
 

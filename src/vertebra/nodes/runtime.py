@@ -24,14 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..dispatch.eager import start_eagerly
-from ..dispatch.envelope import Envelope
-from ..dispatch.errors import ProtocolError, error_to_wire
-from ..dispatch.info import MethodInfo, ServiceInfo
 from ..dispatch.logfields import fields
 from ..dispatch.slip import SLIP_HEADER, Slip
 from ..dispatch.tracing import consumer_span
+from ..eager import start_eagerly
 from ..transports.base import Incoming
+from ..wire.envelope import Envelope
+from ..wire.errors import ProtocolError, error_to_wire
+from ..wire.info import MethodInfo, ServiceInfo
 from .binding import Binder
 from .decorators import ENTRYPOINT_ATTR, Entrypoint
 from .dedup import Dedup
@@ -120,7 +120,7 @@ class NodeRuntime:
     # -- calls, casts, tasks ----------------------------------------------------------------
 
     async def handle(self, incoming: Incoming) -> None:
-        """Start one message's work (eagerly: see dispatch.eager) and return."""
+        """Start one message's work (eagerly: see vertebra.eager) and return."""
         start_eagerly(self._run(incoming), self._running)
 
     async def _run(self, incoming: Incoming) -> None:

@@ -12,7 +12,7 @@ import importlib
 from importlib.metadata import entry_points
 from urllib.parse import urlsplit
 
-from ..dispatch.codec import Codec
+from ..wire.codec import Codec
 from .base import Transport
 
 __all__ = ["open_transport", "transport_class"]

@@ -33,9 +33,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..dispatch.codec import Codec
-from ..dispatch.envelope import Envelope
-from ..dispatch.info import ServiceInfo
+from ..wire.codec import Codec
+from ..wire.envelope import Envelope
+from ..wire.info import ServiceInfo
 
 __all__ = ["AnswerCallback", "Capabilities", "Handler", "Incoming", "Transport"]
 

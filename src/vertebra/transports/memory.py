@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from ..dispatch.codec import Codec, decode
-from ..dispatch.eager import start_eagerly
-from ..dispatch.envelope import Envelope
-from ..dispatch.errors import ProtocolError
-from ..dispatch.info import ServiceInfo
-from ..dispatch.topics import matches
+from ..eager import start_eagerly
+from ..wire.codec import Codec, decode
+from ..wire.envelope import Envelope
+from ..wire.errors import ProtocolError
+from ..wire.info import ServiceInfo
+from ..wire.topics import matches
 from .base import AnswerCallback, Capabilities, EventHandler, Handler, Incoming, Transport
 
 __all__ = ["MemoryBroker", "MemoryTransport", "broker"]

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from ..dispatch.bus import AsyncBus
-    from ..dispatch.info import ServiceInfo
     from ..dispatch.sync import Bus
+    from ..wire.info import ServiceInfo
     from .runner import Progress
 
 Mode = Literal["orchestrated", "choreographed"]

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..dispatch.bus import AsyncBus
-from ..dispatch.envelope import new_id
-from ..dispatch.errors import CallTimeout, error_from_wire
 from ..dispatch.slip import SLIP_HEADER, Slip, SlipStep
+from ..wire.envelope import new_id
+from ..wire.errors import CallTimeout, error_from_wire
 from .canvas import NOTHING, Chain, Step, Workflow
 from .runner import Progress, ProgressCallback, WorkflowError, _reporter
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..dispatch.bus import AsyncBus
-from ..dispatch.errors import CallTimeout, RemoteError, Unreachable, VertebraError
+from ..wire.errors import CallTimeout, RemoteError, Unreachable, VertebraError
 from .canvas import NOTHING, Chain, FanOut, Group, Step, Workflow
 
 __all__ = ["Progress", "WorkflowError", "default_progress", "run_orchestrated", "stream_orchestrated"]

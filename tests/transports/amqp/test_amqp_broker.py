@@ -11,8 +11,8 @@ import pytest
 from amqp_nodes import Jobs
 
 import vertebra
-from vertebra.dispatch.envelope import Envelope
 from vertebra.transports.amqp.topology import ATTEMPTS_HEADER, ERROR_HEADER, REPLY_TO, Topology
+from vertebra.wire.envelope import Envelope
 
 
 async def eventually(cond, timeout=20.0, what=""):

@@ -59,11 +59,11 @@ async def test_starttls_with_the_servers_ca_works(tls_server):
 
 async def test_unverifiable_certificate_is_refused_unless_verify_0(tls_server):
     t = vertebra.transports.open_transport(tls_url(tls_server, "client"),
-                                           vertebra.dispatch.codec.get_codec("json"))
+                                           vertebra.wire.codec.get_codec("json"))
     with pytest.raises(ConnectionError):
         await t.connect(lambda env: None)
     await t.close()
     t2 = vertebra.transports.open_transport(tls_url(tls_server, "client", verify="0"),
-                                            vertebra.dispatch.codec.get_codec("json"))
+                                            vertebra.wire.codec.get_codec("json"))
     await t2.connect(lambda env: None)
     await t2.close()

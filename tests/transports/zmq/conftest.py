@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from vertebra.dispatch.codec import get_codec
-from vertebra.dispatch.envelope import Envelope
 from vertebra.transports.zmq import Hub, ZmqTransport
+from vertebra.wire.codec import get_codec
+from vertebra.wire.envelope import Envelope
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-from vertebra.dispatch.envelope import Envelope
-from vertebra.dispatch.info import ServiceInfo
 from vertebra.transports.zmq import Hub
 from vertebra.transports.zmq import frames as F
+from vertebra.wire.envelope import Envelope
+from vertebra.wire.info import ServiceInfo
 
 from .conftest import eventually
 from .test_zmq_routing import echo_handler

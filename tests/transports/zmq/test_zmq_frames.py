@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vertebra.dispatch.topics import literal_prefix, matches
 from vertebra.transports.zmq import frames as F
+from vertebra.wire.topics import literal_prefix, matches
 
 frame_lists = st.lists(st.binary(max_size=40), max_size=8)
 

@@ -7,9 +7,9 @@ import collections
 
 import pytest
 
-from vertebra.dispatch.envelope import Envelope
-from vertebra.dispatch.errors import ProtocolError
-from vertebra.dispatch.info import MethodInfo, ServiceInfo
+from vertebra.wire.envelope import Envelope
+from vertebra.wire.errors import ProtocolError
+from vertebra.wire.info import MethodInfo, ServiceInfo
 
 from .conftest import eventually
 

@@ -8,9 +8,9 @@ from urllib.parse import quote
 import pytest
 import zmq
 
-from vertebra.dispatch.info import ServiceInfo
 from vertebra.transports.zmq import Hub, keygen
 from vertebra.transports.zmq.keys import decode_key, load_keypair, load_public_key
+from vertebra.wire.info import ServiceInfo
 
 from .test_zmq_routing import echo_handler
 
@@ -55,7 +55,7 @@ async def test_allow_listed_key_is_served_and_unknown_key_gets_nothing(keys, ope
             got.append(env.payload)
 
         await client.t.subscribe("t.#", on_event)
-        from vertebra.dispatch.envelope import Envelope
+        from vertebra.wire.envelope import Envelope
         await node.t.send(Envelope("event", topic="t.x", payload=5))
         from .conftest import eventually
         await eventually(lambda: got == [5])

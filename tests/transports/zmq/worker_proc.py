@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from vertebra.dispatch.codec import get_codec
-from vertebra.dispatch.info import ServiceInfo
 from vertebra.transports.base import Incoming
 from vertebra.transports.zmq import ZmqTransport
+from vertebra.wire.codec import get_codec
+from vertebra.wire.info import ServiceInfo
 
 
 async def main(url: str, service: str, mode: str) -> None:

@@ -8,8 +8,8 @@ from typing import Any, Final
 
 import amqp
 
-from ...dispatch.errors import ProtocolError
-from ...dispatch.info import ServiceInfo
+from ...wire.errors import ProtocolError
+from ...wire.info import ServiceInfo
 
 __all__ = ["DISCOVER_TYPE", "answer_message", "merge", "parse_answer", "request_message"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ...dispatch.envelope import Envelope
-from ...dispatch.info import ServiceInfo
+from ...wire.envelope import Envelope
+from ...wire.info import ServiceInfo
 from ..base import Handler, Incoming
 
 if TYPE_CHECKING:

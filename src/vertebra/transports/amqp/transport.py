@@ -50,12 +50,12 @@ from typing import Any, ClassVar
 
 import amqp
 
-from ...dispatch.codec import Codec, decode
-from ...dispatch.eager import start_eagerly
-from ...dispatch.envelope import Envelope, new_id
-from ...dispatch.errors import ProtocolError
-from ...dispatch.info import ServiceInfo
-from ...dispatch.topics import matches
+from ...eager import start_eagerly
+from ...wire.codec import Codec, decode
+from ...wire.envelope import Envelope, new_id
+from ...wire.errors import ProtocolError
+from ...wire.info import ServiceInfo
+from ...wire.topics import matches
 from ..base import AnswerCallback, Capabilities, EventHandler, Handler, Transport
 from .connection import LoopConnection
 from .discovery import DISCOVER_TYPE, answer_message, merge, parse_answer, request_message

@@ -7,8 +7,8 @@ import collections
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ...dispatch.envelope import Envelope
-from ...dispatch.info import ServiceInfo
+from ...wire.envelope import Envelope
+from ...wire.info import ServiceInfo
 from ..base import Handler, Incoming
 from . import jabber_rpc, stanzas
 

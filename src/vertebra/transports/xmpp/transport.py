@@ -43,12 +43,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from xml.sax.saxutils import escape
 
-from ...dispatch.codec import Codec, decode
-from ...dispatch.eager import start_eagerly
-from ...dispatch.envelope import Envelope
-from ...dispatch.errors import ProtocolError
-from ...dispatch.info import ServiceInfo
-from ...dispatch.topics import matches
+from ...eager import start_eagerly
+from ...wire.codec import Codec, decode
+from ...wire.envelope import Envelope
+from ...wire.errors import ProtocolError
+from ...wire.info import ServiceInfo
+from ...wire.topics import matches
 from ..base import AnswerCallback, Capabilities, EventHandler, Handler, Incoming, Transport
 from . import jabber_rpc, stanzas
 from .client import Session

@@ -39,11 +39,11 @@ from urllib.parse import parse_qs, urlsplit
 import zmq
 import zmq.asyncio
 
-from ...dispatch.codec import Codec, decode
-from ...dispatch.envelope import Envelope
-from ...dispatch.errors import ProtocolError
-from ...dispatch.info import ServiceInfo
-from ...dispatch.topics import literal_prefix, matches
+from ...wire.codec import Codec, decode
+from ...wire.envelope import Envelope
+from ...wire.errors import ProtocolError
+from ...wire.info import ServiceInfo
+from ...wire.topics import literal_prefix, matches
 from ..base import AnswerCallback, Capabilities, EventHandler, Handler, Incoming, Transport
 from . import frames as F
 from .hub import DEFAULT_MAX_MESSAGE_SIZE

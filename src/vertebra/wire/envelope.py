@@ -2,7 +2,7 @@
 
 An :class:`Envelope` is a plain record.  :func:`to_wire` turns it into the dict that a
 codec serialises, leaving out fields that are empty; :func:`from_wire` checks a decoded
-dict field by field and raises :class:`~vertebra.dispatch.errors.ProtocolError` for
+dict field by field and raises :class:`~vertebra.wire.errors.ProtocolError` for
 anything that is not a well-formed envelope of a supported version.
 """
 
