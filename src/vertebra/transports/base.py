@@ -1,7 +1,7 @@
 """The Transport interface: what every adapter implements, and nothing more.
 
 A transport moves envelopes; the Bus above it owns calls, pending replies, the outbox,
-deadlines and retries.  The whole interface is seven coroutines::
+deadlines and retries.  The whole interface is nine coroutines::
 
     connect(on_answer)        open; replies and errors for our calls go to on_answer(env)
     close()                   release everything; unacked work goes back to its queue
@@ -11,6 +11,8 @@ deadlines and retries.  The whole interface is seven coroutines::
     unserve(name)             stop taking new work for a service (drain); in flight ends normally
     subscribe(pattern, handler)  deliver events whose topic may match pattern
     discover()                the live services, as ServiceInfo
+    dead_letters(service)     the tasks of ``service`` that were buried, as DeadLetter
+    replay(service, ids)      send buried tasks (all when ids is None) back to the queue
 
 Rules every adapter follows (the conformance suite holds them to it):
 
@@ -24,6 +26,17 @@ Rules every adapter follows (the conformance suite holds them to it):
   (which the Bus retries), bad input becomes :class:`ProtocolError`.
 * ``send`` returns once the message is handed to the transport (for a broker with
   confirms, once the broker has it); ``Incoming.ack`` is called after a handler finished.
+  While the transport is down (not yet connected, or reconnecting) ``send`` raises a plain
+  :class:`ConnectionError`, never :class:`Unreachable`: the Bus retries it with backoff
+  within the message's deadline or ``max_age``.  A wait for a confirmation is bounded: a
+  confirmation that cannot come (the connection was reset) fails the send with
+  ConnectionError rather than holding it.
+* Attempts are the node's business, not the transport's: a task that failed and may be
+  tried again is re-sent by the node with its ``attempt`` header raised
+  (:mod:`vertebra.wire.deadletter`) and the original acked; ``reject(False, error)``
+  buries it: the transport keeps it, with ``error``, where :meth:`Transport.dead_letters`
+  finds it.  A transport may bury on its own only a task whose worker died with it too
+  often (a poison message): with the same DeadLetter shape.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..wire.codec import Codec
+from ..wire.deadletter import DeadLetter
 from ..wire.envelope import Envelope
 from ..wire.info import ServiceInfo
 
@@ -74,9 +88,10 @@ class Incoming(abc.ABC):
 
     @abc.abstractmethod
     async def reject(self, requeue: bool, error: dict[str, Any] | None = None) -> None:
-        """Give the message up: back to the queue (``requeue``: it failed and may be tried
-        again) or dropped / dead-lettered; ``error`` (a wire error object) says why, for a
-        transport that keeps it with a dead letter."""
+        """Give the message up: back to its queue unchanged (``requeue``: the node let it
+        go without running it through, say while draining; not counted as an attempt), or
+        buried (a task: kept as a dead letter with ``error``, the wire error object of why;
+        a cast: dropped, since nobody waits for it)."""
 
 
 Handler = Callable[[Incoming], Awaitable[None]]
@@ -122,3 +137,13 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def discover(self) -> list[ServiceInfo]:
         """The services live now (one entry per service, ``replicas`` counted)."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, service: str) -> list[DeadLetter]:
+        """The buried tasks of ``service``, oldest first (listing removes nothing)."""
+
+    @abc.abstractmethod
+    async def replay(self, service: str, ids: list[str] | None = None) -> int:
+        """Send buried tasks of ``service`` (those with ``ids``; all when None) back to its
+        queue as first attempts (:meth:`DeadLetter.replay_envelope`), remove them from the
+        dead letters, and return how many were sent."""

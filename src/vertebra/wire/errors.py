@@ -26,6 +26,7 @@ __all__ = [
     "VertebraError",
     "error_from_wire",
     "error_to_wire",
+    "wire_error",
 ]
 
 
@@ -76,17 +77,20 @@ _CODES: dict[str, type[VertebraError]] = {
 }
 
 
+def wire_error(code: str, type_: str, message: str, traceback: str = "") -> dict[str, Any]:
+    """The wire error object ``{code, type, message, traceback}`` (docs/PROTOCOL.md §5)."""
+    return {"code": code, "type": type_, "message": message, "traceback": traceback}
+
+
 def error_to_wire(exc: BaseException, traceback_text: str = "") -> dict[str, Any]:
     """Describe ``exc`` as the wire error object ``{code, type, message, traceback}``."""
     if isinstance(exc, RemoteError):
-        return {"code": "remote", "type": exc.type, "message": exc.message,
-                "traceback": exc.remote_traceback}
+        return wire_error("remote", exc.type, exc.message, exc.remote_traceback)
     code = "remote"
     for name, cls in _CODES.items():
         if isinstance(exc, cls):
             code = name
-    return {"code": code, "type": type(exc).__name__, "message": str(exc),
-            "traceback": traceback_text}
+    return wire_error(code, type(exc).__name__, str(exc), traceback_text)
 
 
 def error_from_wire(obj: Any) -> VertebraError:
