@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from vertebra.dispatch.outbox import Backoff, Outbox
+from vertebra.backoff import Backoff
+from vertebra.dispatch.outbox import Outbox
 from vertebra.wire.envelope import Envelope
 from vertebra.wire.errors import ProtocolError
 
@@ -147,3 +148,68 @@ def test_a_burst_of_drops_is_counted_in_full_but_logged_once(caplog):
     assert box.counts["dropped"] == 499
     lines = [r for r in caplog.records if "dropped" in r.getMessage()]
     assert len(lines) == 1
+
+
+async def test_a_destination_that_never_confirms_does_not_hold_back_the_others():
+    never = asyncio.Event()
+    live: list[int] = []
+    events: list[str] = []
+
+    async def send(e: Envelope) -> None:
+        if e.service == "absent":
+            await never.wait()           # a confirmation that does not come
+        elif e.kind == "event":
+            events.append(e.topic)
+        else:
+            live.append(e.args[0])
+
+    box = Outbox(send, window=8, max_age=300)
+    box.start()
+    for i in range(100):
+        box.put(Envelope("task", service="absent", method="m", args=[i]))
+    for i in range(20):
+        box.put(Envelope("cast", service="live", method="m", args=[i]))
+        box.put(Envelope("event", topic=f"t.{i}"))
+    for _ in range(200):
+        if len(live) == 20 and len(events) == 20:
+            break
+        await asyncio.sleep(0.005)
+    assert live == list(range(20))       # all of them, in order
+    assert events == [f"t.{i}" for i in range(20)]
+    assert box.counts["sent"] == 40
+    assert len(box) == 100               # the absent service's still wait (2 in flight, 98 parked)
+    await box.stop()
+
+
+async def test_max_age_holds_while_a_send_is_waiting():
+    now = [0.0]
+
+    async def send(e: Envelope) -> None:
+        now[0] = 1000.0                  # the clock passes max_age while we wait...
+        await asyncio.Event().wait()
+
+    box = Outbox(send, max_age=0.05, clock=lambda: now[0])
+    box.start()
+    box.put(env(1))
+    assert await box.flush(5) == 0       # ...and the wait is cut at max_age, not held forever
+    assert box.counts == {**box.counts, "expired": 1, "sent": 0}
+    await box.stop()
+
+
+async def test_per_destination_order_is_kept_while_parked():
+    gate = asyncio.Event()
+    order: list[int] = []
+
+    async def send(e: Envelope) -> None:
+        await gate.wait()
+        order.append(e.args[0])
+
+    box = Outbox(send, window=4)         # one send in flight per destination
+    box.start()
+    for i in range(10):
+        box.put(env(i))
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await box.flush(5) == 0
+    assert order == list(range(10))
+    await box.stop()

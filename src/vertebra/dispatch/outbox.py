@@ -5,7 +5,10 @@ the configured policy decides (``drop_oldest``, ``drop_newest`` or ``block`` wit
 timeout) and every drop is counted.  A sender task on the Bus's event loop drains it,
 keeping up to ``window`` sends in flight, and retries sends that fail for transport
 reasons (``ConnectionError``/``OSError``) with exponential backoff, jitter and a cap; a
-message older than ``max_age`` (or past its deadline) is given up and counted.
+message older than ``max_age`` (or past its deadline) is given up and counted, also while
+a send of it is still waiting (for a confirmation, say).  No destination (a service; all
+events together) holds more than a quarter of the window: the messages of a service that
+is slow or absent wait behind their own kind, never in front of another service's.
 
 ``put`` is safe from any thread; everything else runs on the Bus's loop.
 """
@@ -15,19 +18,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Literal
 
+from ..backoff import Backoff
 from ..wire.envelope import Envelope
 from ..wire.errors import ProtocolError
 from .logfields import fields
 from .spool import Spool
 
-__all__ = ["Backoff", "Outbox", "OverflowPolicy"]
+__all__ = ["Outbox", "OverflowPolicy"]
 
 log = logging.getLogger("vertebra.outbox")
 
@@ -38,19 +40,6 @@ OverflowPolicy = Literal["drop_oldest", "drop_newest", "block"]
 
 DROP_LOG_INTERVAL = 10.0
 """Seconds between the log lines about drops (every drop is counted, not every one logged)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base·2ⁿ))."""
-
-    base: float = 0.05
-    cap: float = 5.0
-    jitter: Callable[[], float] = random.random
-
-    def delay(self, attempt: int) -> float:
-        """The wait before retry number ``attempt`` (0-based)."""
-        return float(self.jitter() * min(self.cap, self.base * (2 ** min(attempt, 30))))
 
 
 class Outbox:
@@ -92,6 +81,10 @@ class Outbox:
         self._slots: asyncio.Semaphore | None = None
         self._drained: asyncio.Event | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self.per_destination = max(1, window // 4)
+        self._stopping = False
+        self._busy: dict[str, int] = {}
+        self._parked: dict[str, collections.deque[tuple[Envelope, float, int]]] = {}
         self._logged_at = -DROP_LOG_INTERVAL
         self._unlogged = 0
         self.counts = {"accepted": 0, "sent": 0, "dropped": 0, "expired": 0, "retries": 0,
@@ -183,10 +176,42 @@ class Outbox:
                 self._check_drained()
                 await self._wake.wait()
                 continue
+            dest = _destination(item[0])
+            parked = self._parked.get(dest)
+            if parked is not None or self._busy.get(dest, 0) >= self.per_destination:
+                # this destination has its share of the window in flight: the message waits
+                # behind its own destination's sends, never in front of anyone else's
+                if parked is None:
+                    parked = self._parked[dest] = collections.deque()
+                parked.append(item)
+                continue
             await self._slots.acquire()
-            task = asyncio.create_task(self._deliver(*item))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._start(dest, item)
+
+    def _start(self, dest: str, item: tuple[Envelope, float, int]) -> None:
+        self._busy[dest] = self._busy.get(dest, 0) + 1
+        task = asyncio.create_task(self._deliver(dest, *item))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    def _finished(self, dest: str) -> None:
+        """A send to ``dest`` ended: its slot goes to the next parked message of ``dest``."""
+        assert self._slots is not None
+        self._inflight -= 1
+        busy = self._busy[dest] - 1
+        if busy:
+            self._busy[dest] = busy
+        else:
+            del self._busy[dest]
+        parked = self._parked.get(dest)
+        if parked and not self._stopping:
+            item = parked.popleft()
+            if not parked:
+                del self._parked[dest]
+            self._start(dest, item)          # the slot passes on, still held
+        else:
+            self._slots.release()
+        self._check_drained()
 
     def _forget(self, seq: int) -> None:
         if seq and self.spool is not None:
@@ -206,20 +231,29 @@ class Outbox:
             self._kick()
         return len(restored)
 
-    async def _deliver(self, env: Envelope, accepted_at: float, seq: int) -> None:
-        assert self._slots is not None
+    def _time_left(self, env: Envelope, accepted_at: float) -> float:
+        """Seconds before ``env`` is too old to send (``max_age``, or its deadline)."""
+        left = self.max_age - (self.clock() - accepted_at)
+        if env.deadline is not None:
+            left = min(left, env.deadline - time.time())
+        return left
+
+    async def _deliver(self, dest: str, env: Envelope, accepted_at: float, seq: int) -> None:
         attempt = 0
         try:
             while True:
-                if self.clock() - accepted_at > self.max_age or env.expired():
-                    self.counts["expired"] += 1
-                    self._forget(seq)
-                    log.warning("gave up %s %s after %d attempts: too old", env.kind, env.id, attempt,
-                                extra=fields(env))
+                left = self._time_left(env, accepted_at)
+                if left <= 0:
+                    self._expire(env, seq, attempt)
                     return
+                scope = asyncio.timeout(left)     # max_age holds while a send waits, too
                 try:
-                    await self._send(env)
+                    async with scope:
+                        await self._send(env)
                 except (ConnectionError, OSError) as exc:
+                    if scope.expired():
+                        self._expire(env, seq, attempt + 1)
+                        return
                     self.counts["retries"] += 1
                     delay = self.backoff.delay(attempt)
                     attempt += 1
@@ -236,9 +270,13 @@ class Outbox:
                     self._forget(seq)
                     return
         finally:
-            self._inflight -= 1
-            self._slots.release()
-            self._check_drained()
+            self._finished(dest)
+
+    def _expire(self, env: Envelope, seq: int, attempts: int) -> None:
+        self.counts["expired"] += 1
+        self._forget(seq)
+        log.warning("gave up %s %s after %d attempt(s): older than max_age %.0fs or past its deadline",
+                    env.kind, env.id, attempts, self.max_age, extra=fields(env))
 
     def _check_drained(self) -> None:
         if self._drained is not None and not self._items and self._inflight == 0:
@@ -258,15 +296,19 @@ class Outbox:
 
     async def stop(self) -> None:
         """Stop the sender task and sends in flight (what is left stays counted in ``len``)."""
-        for task in list(self._sending):
-            task.cancel()
+        self._stopping = True
+        tasks = list(self._sending)
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            tasks.append(self._task)
             self._task = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _destination(env: Envelope) -> str:
+    """What fairness is kept between: each service, and all events together."""
+    return "" if env.kind == "event" else env.service
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
