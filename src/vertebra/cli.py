@@ -137,6 +137,41 @@ def nodes(url: str | None, as_json: bool, signatures: bool) -> None:
     click.echo(json.dumps(snap.to_json(), indent=2) if as_json else plain_table(snap))
 
 
+@main.command("dead-letters")
+@click.argument("url")
+@click.argument("service")
+@click.option("--replay", "replay_ids", multiple=True, metavar="ID",
+              help="Send the dead letter with this id back to the queue (repeatable).")
+@click.option("--all", "replay_all", is_flag=True, help="Send every dead letter of SERVICE back.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def dead_letters(url: str, service: str, replay_ids: tuple[str, ...], replay_all: bool,
+                 as_json: bool) -> None:
+    """List the dead letters of SERVICE on URL (tasks that exhausted their attempts), or
+    replay some (--replay ID ...) or all (--all) of them as first attempts."""
+    from . import connect
+
+    if replay_ids and replay_all:
+        raise click.UsageError("--replay and --all exclude each other")
+    try:
+        with connect(url) as bus:
+            if replay_ids or replay_all:
+                n = bus.replay(service, None if replay_all else list(replay_ids))
+                click.echo(json.dumps({"replayed": n}) if as_json else f"replayed {n} dead letter(s)")
+                return
+            dead = bus.dead_letters(service)
+    except VertebraError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    if as_json:
+        click.echo(json.dumps([d.to_dict() for d in dead], indent=2, ensure_ascii=False, default=repr))
+        return
+    if not dead:
+        click.echo(f"no dead letters for {service}")
+    for d in dead:
+        args = ", ".join([*map(repr, d.args), *(f"{k}={v!r}" for k, v in d.kwargs.items())])
+        click.echo(f"{d.id}  {d.service}.{d.method}({args})  attempts={d.attempts}  "
+                   f"{d.error.get('type', '')}: {d.error.get('message', '')}")
+
+
 @main.command()
 @click.argument("url", required=False)
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")

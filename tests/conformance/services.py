@@ -96,10 +96,40 @@ class Calc(Node):
         with self.lock:
             self.tasks.append(job)
 
+    @task(max_attempts=2)
+    def doomed(self, x: int) -> None:
+        """Always fails: buried after two attempts."""
+        with self.lock:
+            self.attempts[f"doomed-{x}"] = self.attempts.get(f"doomed-{x}", 0) + 1
+        raise LookupError(f"no {x}")
+
     @event("orders.*")
     def on_order(self, topic: str, payload: Any) -> None:
         """Events under orders, one level."""
         self.events.append((topic, payload))
+
+
+class Gate(Node):
+    """A task that fails while the gate is shut: buried at once, replayed once it opens."""
+
+    name = "gate"
+    dedup_window = 60.0
+
+    def __init__(self) -> None:
+        self.open = False
+        self.done: list[Any] = []
+
+    @task(max_attempts=1)
+    def work(self, x: Any) -> None:
+        """Fail while shut, record ``x`` once open."""
+        if not self.open:
+            raise PermissionError(f"gate shut for {x}")
+        self.done.append(x)
+
+    @task
+    def mark(self, x: Any) -> None:
+        """Record ``x`` (a marker that what was sent before it has been handled)."""
+        self.done.append(("mark", x))
 
 
 class Solo(Node):

@@ -108,25 +108,24 @@ async def test_node_dedup_window_makes_redelivered_tasks_run_once():
 async def test_a_dead_task_keeps_the_error_that_killed_it():
     import vertebra
     from vertebra import Node, task
-    from vertebra.transports.memory import broker
-    from vertebra.wire.codec import decode
 
     class Doomed(Node):
         name = "doomed"
+        retry_delay = 0.0
 
-        @task
+        @task(max_attempts=2)
         def work(self, x: int) -> None:
             raise LookupError(f"no {x}")
 
-    async with vertebra.connect_async("memory://dead-letters?max_attempts=2") as bus:
+    async with vertebra.connect_async("memory://dead-letters") as bus:
         await bus.serve(Doomed())
-        bus.proxy("doomed").work.cast(7)
-        dead = broker("dead-letters").dead_letters
+        sent = bus.proxy("doomed").work.cast(7)
         for _ in range(300):
+            dead = await bus.dead_letters("doomed")
             if dead:
                 break
             await asyncio.sleep(0.01)
-    data, attempts, error = dead[0]
-    assert decode(data).args == [7] and attempts == 2
-    assert (error["type"], error["message"]) == ("LookupError", "no 7")
-    assert "raise LookupError" in error["traceback"] and error["node"]
+    (d,) = dead
+    assert (d.id, d.service, d.method, d.args, d.attempts) == (sent, "doomed", "work", [7], 2)
+    assert (d.error["type"], d.error["message"]) == ("LookupError", "no 7")
+    assert "raise LookupError" in d.error["traceback"] and d.error["node"]

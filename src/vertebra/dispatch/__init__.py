@@ -1,1 +1,3 @@
-"""The transport-neutral core: the Bus, proxies, the pending-call table, the outbox (the wire types it uses live in :mod:`vertebra.wire`)."""
+"""The transport-neutral core: the Bus, proxies, the pending-call table and the outbox.
+
+The wire types it shares with the transports live in :mod:`vertebra.wire`."""

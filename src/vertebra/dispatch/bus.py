@@ -11,19 +11,23 @@ import asyncio
 import inspect
 import logging
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
+from ..backoff import Backoff
 from ..transports import open_transport
 from ..transports.base import Transport
 from ..wire.codec import get_codec
+from ..wire.deadletter import DeadLetter
 from ..wire.envelope import Envelope
 from ..wire.errors import CallTimeout, Unreachable, VertebraError
 from ..wire.info import ServiceInfo
 from ..wire.topics import matches, validate_pattern, validate_topic
+from . import forks
 from .multi import MultiTransport
-from .outbox import Backoff, Outbox, OverflowPolicy
+from .outbox import Outbox, OverflowPolicy
 from .pending import PendingCalls
 from .proxy import AsyncProxy
 from .service import Servable, ServiceRuntime
@@ -87,6 +91,11 @@ class AsyncBus:
         self._started = False
         self._closed = False
         self._backoff = Backoff(base=0.02, cap=1.0)
+        self._generation = forks.generation()
+
+    def forked(self) -> bool:
+        """Whether this bus was opened in a parent process, before a fork."""
+        return self._generation != forks.generation()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -118,6 +127,15 @@ class AsyncBus:
         if self.outbox.spool is not None:
             self.outbox.spool.close()
 
+    def __del__(self) -> None:
+        if getattr(self, "_started", False) and not self._closed and not self.forked():
+            left = len(self.outbox)
+            warnings.warn(f"unclosed bus {self.url}: {left} queued message(s) never sent; close it "
+                          "(async with vertebra.connect_async(...)) to flush them", ResourceWarning,
+                          source=self, stacklevel=1)
+            if left:
+                log.warning("bus %s collected unclosed: %d queued message(s) never sent", self.url, left)
+
     async def __aenter__(self) -> AsyncBus:
         return await self.start()
 
@@ -138,6 +156,8 @@ class AsyncBus:
 
         Raises RemoteError, CallTimeout (after ``timeout`` seconds), Unreachable.
         """
+        if self._generation != forks.generation():
+            forks.check_not_forked(self._generation)
         timeout = self.timeout if timeout is None else timeout
         deadline = time.time() + timeout
         env = Envelope("call", service=service, method=method, args=list(args),
@@ -180,6 +200,8 @@ class AsyncBus:
         return self._enqueue(env)
 
     def _enqueue(self, env: Envelope) -> str | None:
+        if self._generation != forks.generation():
+            forks.check_not_forked(self._generation)
         with producer_span(env, self.transport.scheme):
             return env.id if self.outbox.put(env) else None
 
@@ -258,6 +280,16 @@ class AsyncBus:
     async def nodes(self) -> list[ServiceInfo]:
         """The live services, with their methods, signatures and docstrings."""
         return sorted(await self.transport.discover(), key=lambda s: s.name)
+
+    async def dead_letters(self, service: str) -> list[DeadLetter]:
+        """The tasks of ``service`` that exhausted their attempts, oldest first; each has
+        ``.id .service .method .args .kwargs .error .attempts``."""
+        return await self.transport.dead_letters(service)
+
+    async def replay(self, service: str, ids: list[str] | None = None) -> int:
+        """Send dead letters of ``service`` (those with ``ids``; all when None) back to its
+        queue as first attempts; how many were sent."""
+        return await self.transport.replay(service, None if ids is None else list(ids))
 
     def stats(self) -> dict[str, Any]:
         """Counters: the outbox's, pending calls, the transport's."""

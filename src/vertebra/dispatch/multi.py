@@ -22,7 +22,9 @@ from typing import ClassVar
 
 from ..transports.base import AnswerCallback, Capabilities, EventHandler, Handler, Transport
 from ..wire.codec import Codec
+from ..wire.deadletter import DeadLetter
 from ..wire.envelope import Envelope
+from ..wire.errors import wire_error
 from ..wire.info import ServiceInfo
 
 __all__ = ["ROUTE_TTL", "MultiTransport"]
@@ -108,8 +110,8 @@ class MultiTransport(Transport):
         if target is None:
             if env.kind == "call":
                 assert self._on_answer is not None
-                self._on_answer(env.fail({"code": "unreachable", "type": "Unreachable", "traceback": "",
-                                          "message": f"no transport has a replica of {env.service!r}"}))
+                self._on_answer(env.fail(wire_error(
+                    "unreachable", "Unreachable", f"no transport has a replica of {env.service!r}")))
                 return
             target = self.members[0]
         await target.send(env)
@@ -135,3 +137,14 @@ class MultiTransport(Transport):
         for t in self.members:
             out.extend(await t.discover())
         return out
+
+    async def dead_letters(self, service: str) -> list[DeadLetter]:
+        """The dead letters of ``service`` on every member, member by member."""
+        out: list[DeadLetter] = []
+        for t in self.members:
+            out.extend(await t.dead_letters(service))
+        return out
+
+    async def replay(self, service: str, ids: list[str] | None = None) -> int:
+        """Replay on every member (each sends its own dead letters back to its queue)."""
+        return sum([await t.replay(service, ids) for t in self.members])

@@ -9,7 +9,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from vertebra.eager import start_eagerly
+from ..eager import start_eagerly
+from . import forks
 
 __all__ = ["Portal"]
 
@@ -21,6 +22,7 @@ class Portal:
 
     def __init__(self, name: str = "vertebra-loop") -> None:
         self.loop = asyncio.new_event_loop()
+        self.generation = forks.generation()
         self._ready = threading.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -35,6 +37,9 @@ class Portal:
         self.loop.close()
 
     def _refuse_own_thread(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self.generation != forks.generation():
+            coro.close()
+            forks.check_not_forked(self.generation, "this bus (its loop thread)")
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("blocking call from the bus's own loop thread would deadlock; "
@@ -81,7 +86,9 @@ class Portal:
         raise value
 
     def stop(self) -> None:
-        """Stop the loop and join its thread (idempotent)."""
+        """Stop the loop and join its thread (idempotent; nothing to do in a forked child)."""
+        if self.generation != forks.generation():
+            return
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
         if threading.current_thread() is not self._thread:

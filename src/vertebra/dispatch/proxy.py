@@ -1,9 +1,11 @@
-"""Proxies: ``bus.proxy("calc").add(2, 3)``, ``.cast(...)``, ``.future(...)``."""
+"""Proxies: ``bus.proxy("calc").add(2, 3)``, ``.cast(...)``, ``.future(...)``, ``.options(...)``."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
+
+from .options import CallOptions
 
 if TYPE_CHECKING:
     from .bus import AsyncBus
@@ -14,22 +16,28 @@ __all__ = ["AsyncMethod", "AsyncProxy"]
 class AsyncMethod:
     """One remote method, for async code: ``await m(...)``, ``m.cast(...)``, ``m.future(...)``."""
 
-    __slots__ = ("_bus", "_method", "_service", "_timeout")
+    __slots__ = ("_bus", "_method", "_opts", "_service")
 
-    def __init__(self, bus: AsyncBus, service: str, method: str, timeout: float) -> None:
-        self._bus, self._service, self._method, self._timeout = bus, service, method, timeout
+    def __init__(self, bus: AsyncBus, service: str, method: str, opts: CallOptions) -> None:
+        self._bus, self._service, self._method, self._opts = bus, service, method, opts
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the method and return its result (or raise its error)."""
-        return await self._bus.call(self._service, self._method, args, kwargs, timeout=self._timeout)
+        opts = self._opts
+        return await self._bus.call(self._service, self._method, args, kwargs, timeout=opts.timeout,
+                                    headers=dict(opts.headers))
 
     def cast(self, *args: Any, **kwargs: Any) -> str | None:
         """Fire and forget (queued in the outbox); the message id, or None if dropped."""
-        return self._bus.cast(self._service, self._method, args, kwargs)
+        return self._bus.cast(self._service, self._method, args, kwargs, headers=dict(self._opts.headers))
 
     def future(self, *args: Any, **kwargs: Any) -> asyncio.Task[Any]:
         """Start the call now; await the returned task later."""
         return asyncio.ensure_future(self(*args, **kwargs))
+
+    def options(self, **options: Any) -> AsyncMethod:
+        """This method bound with per-call options: ``timeout``, ``idempotency_key``, ``headers``."""
+        return AsyncMethod(self._bus, self._service, self._method, self._opts.bind(**options))
 
     def __repr__(self) -> str:
         return f"<remote method {self._service}.{self._method}>"
@@ -39,15 +47,15 @@ class AsyncProxy:
     """Stands for a remote service; attribute access gives :class:`AsyncMethod` objects."""
 
     def __init__(self, bus: AsyncBus, service: str, timeout: float) -> None:
-        self._bus, self._service, self._timeout = bus, service, timeout
+        self._bus, self._service, self._opts = bus, service, CallOptions(timeout)
 
     def __getattr__(self, name: str) -> AsyncMethod:
         if name.startswith("__"):
             raise AttributeError(name)
-        return AsyncMethod(self._bus, self._service, name, self._timeout)
+        return AsyncMethod(self._bus, self._service, name, self._opts)
 
     def __getitem__(self, name: str) -> AsyncMethod:
-        return AsyncMethod(self._bus, self._service, name, self._timeout)
+        return AsyncMethod(self._bus, self._service, name, self._opts)
 
     def __repr__(self) -> str:
         return f"<proxy {self._service} via {self._bus.url}>"

@@ -9,44 +9,66 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import logging
+import os
 import signal
 import threading
-import weakref
 from types import TracebackType
 from typing import Any
 
+from ..wire.deadletter import DeadLetter
 from ..wire.info import ServiceInfo
 from .bus import AsyncBus, EventCallback
+from .options import CallOptions
 from .portal import Portal
 from .service import Servable
 
 __all__ = ["Bus", "Method", "Proxy"]
 
-_open_buses: weakref.WeakSet[Bus] = weakref.WeakSet()
+_open_buses: set[Bus] = set()
+"""Every sync bus not yet closed, held strongly: a bus that a program dropped without
+closing (a local of a function that returned, a thread that ended) is still flushed at
+exit, never collected with its outbox unsent."""
 _open_lock = threading.Lock()
+
+
+def _forget_parent_buses() -> None:
+    """In a forked child: the parent's buses are not ours to flush (their thread is gone)."""
+    global _open_lock
+    _open_lock = threading.Lock()
+    _open_buses.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent_buses)
 
 
 class Method:
     """One remote method, for sync code: ``m(...)`` blocks, ``m.cast`` and ``m.future`` do not."""
 
-    __slots__ = ("_bus", "_method", "_service", "_timeout")
+    __slots__ = ("_bus", "_method", "_opts", "_service")
 
-    def __init__(self, bus: Bus, service: str, method: str, timeout: float) -> None:
-        self._bus, self._service, self._method, self._timeout = bus, service, method, timeout
+    def __init__(self, bus: Bus, service: str, method: str, opts: CallOptions) -> None:
+        self._bus, self._service, self._method, self._opts = bus, service, method, opts
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the method and block until its result (or raise its error)."""
-        return self._bus.portal.run(
-            self._bus.core.call(self._service, self._method, args, kwargs, timeout=self._timeout))
+        opts = self._opts
+        return self._bus.portal.run(self._bus.core.call(
+            self._service, self._method, args, kwargs, timeout=opts.timeout, headers=dict(opts.headers)))
 
     def cast(self, *args: Any, **kwargs: Any) -> str | None:
         """Fire and forget (queued in the outbox); the message id, or None if dropped."""
-        return self._bus.core.cast(self._service, self._method, args, kwargs)
+        return self._bus.core.cast(self._service, self._method, args, kwargs,
+                                   headers=dict(self._opts.headers))
 
     def future(self, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Start the call; a :class:`concurrent.futures.Future` of its result."""
-        return self._bus.portal.submit(
-            self._bus.core.call(self._service, self._method, args, kwargs, timeout=self._timeout))
+        opts = self._opts
+        return self._bus.portal.submit(self._bus.core.call(
+            self._service, self._method, args, kwargs, timeout=opts.timeout, headers=dict(opts.headers)))
+
+    def options(self, **options: Any) -> Method:
+        """This method bound with per-call options: ``timeout``, ``idempotency_key``, ``headers``."""
+        return Method(self._bus, self._service, self._method, self._opts.bind(**options))
 
     def __repr__(self) -> str:
         return f"<remote method {self._service}.{self._method}>"
@@ -56,15 +78,15 @@ class Proxy:
     """Stands for a remote service; attribute access gives :class:`Method` objects."""
 
     def __init__(self, bus: Bus, service: str, timeout: float) -> None:
-        self._bus, self._service, self._timeout = bus, service, timeout
+        self._bus, self._service, self._opts = bus, service, CallOptions(timeout)
 
     def __getattr__(self, name: str) -> Method:
         if name.startswith("__"):
             raise AttributeError(name)
-        return Method(self._bus, self._service, name, self._timeout)
+        return Method(self._bus, self._service, name, self._opts)
 
     def __getitem__(self, name: str) -> Method:
-        return Method(self._bus, self._service, name, self._timeout)
+        return Method(self._bus, self._service, name, self._opts)
 
     def __repr__(self) -> str:
         return f"<proxy {self._service} via {self._bus.core.url}>"
@@ -114,6 +136,15 @@ class Bus:
         """Wait until the outbox is sent (or ``timeout``); how many are left."""
         return self.portal.run(self.core.flush(timeout))
 
+    def dead_letters(self, service: str) -> list[DeadLetter]:
+        """The tasks of ``service`` that exhausted their attempts, oldest first."""
+        return self.portal.run(self.core.dead_letters(service))
+
+    def replay(self, service: str, ids: list[str] | None = None) -> int:
+        """Send dead letters of ``service`` (those with ``ids``; all when None) back to its
+        queue as first attempts; how many were sent."""
+        return self.portal.run(self.core.replay(service, ids))
+
     def stats(self) -> dict[str, Any]:
         """Counters of the outbox, calls and transport."""
         return self.core.stats()
@@ -122,6 +153,8 @@ class Bus:
         """Drain, flush within ``linger``, disconnect and stop the loop thread (idempotent)."""
         with _open_lock:
             _open_buses.discard(self)
+        if self.core.forked():
+            return       # the parent's to close: its thread and sockets are not in this process
         if self.portal.loop.is_running():
             self.portal.run(self.core.close(linger))
         self.portal.stop()

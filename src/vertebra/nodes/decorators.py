@@ -50,9 +50,12 @@ def task(*, max_attempts: int | None = None) -> Callable[[F], F]: ...
 def task(func: F | None = None, /, *, max_attempts: int | None = None) -> F | Callable[[F], F]:
     """Expose a method as a work-queue task: one replica runs each item, acked when done.
 
-    A task that raises is handed back to the queue; after ``max_attempts`` failures (the
-    transport's default when None) it goes to the dead-letter queue.
+    A task that raises is tried again, with backoff, until it has run ``max_attempts``
+    times (the Node's ``max_attempts`` when None, default 3); then it is buried as a dead
+    letter that keeps the error (see :mod:`vertebra.nodes.retry`).
     """
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
     if func is not None:
         return _mark(func, Entrypoint("task"))
 

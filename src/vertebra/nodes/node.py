@@ -33,6 +33,13 @@ class Node:
         is known.  0 (the default) turns it off.
     ``allow_tracebacks``
         Whether error replies carry the handler's traceback (default True).
+    ``max_attempts``, ``retry_delay``
+        How often a ``@task`` that raises runs in all (default 3; ``@task(max_attempts=n)``
+        sets it per method) and the base of the exponential backoff between attempts, in
+        seconds (default 0.1, doubling, capped at 5 s, full jitter).  Past the last
+        attempt the task is buried as a dead letter with its error
+        (``bus.dead_letters(service)``, ``bus.replay(service)``); see
+        :mod:`vertebra.nodes.retry`.
     """
 
     name: ClassVar[str] = ""
@@ -42,6 +49,8 @@ class Node:
     idle_timeout: ClassVar[float] = 30.0
     dedup_window: ClassVar[float] = 0.0
     allow_tracebacks: ClassVar[bool] = True
+    max_attempts: ClassVar[int] = 3
+    retry_delay: ClassVar[float] = 0.1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -5,7 +5,8 @@ async handlers run on the loop.  ``concurrency`` bounds handlers running at once
 casts, tasks and events together) and is the transport's prefetch.  Work whose deadline
 has passed is answered with a timeout error and never started.  A handler that raises is
 answered with a RemoteError (calls), logged (casts, events) or handed back to the queue
-for another attempt (tasks); the node keeps serving in every case.
+for another attempt (tasks, by the one policy of :mod:`vertebra.nodes.retry`); the node
+keeps serving in every case.
 """
 
 from __future__ import annotations
@@ -24,18 +25,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..backoff import Backoff
 from ..dispatch.logfields import fields
 from ..dispatch.slip import SLIP_HEADER, Slip
 from ..dispatch.tracing import consumer_span
 from ..eager import start_eagerly
 from ..transports.base import Incoming
+from ..wire.deadletter import attempt_of, with_attempt
 from ..wire.envelope import Envelope
-from ..wire.errors import ProtocolError, error_to_wire
+from ..wire.errors import ProtocolError, error_to_wire, wire_error
 from ..wire.info import MethodInfo, ServiceInfo
 from .binding import Binder
 from .decorators import ENTRYPOINT_ATTR, Entrypoint
 from .dedup import Dedup
 from .pool import ElasticPool
+from .retry import RetryPolicy
 from .schedule import Schedule, Scheduler
 from .stats import MethodStats
 
@@ -62,10 +66,6 @@ class _Handler:
 
 def _when(entry: Entrypoint) -> str:
     return f"every {entry.every:g}s" if entry.every else f"cron {entry.cron}" if entry.cron else ""
-
-
-def _error(kind: str, type_: str, message: str) -> dict[str, Any]:
-    return {"code": kind, "type": type_, "message": message, "traceback": ""}
 
 
 class NodeRuntime:
@@ -106,7 +106,11 @@ class NodeRuntime:
         self.dedup = Dedup(cls.dedup_window)
         self._running: set[asyncio.Task[None]] = set()
         self._draining = False
-        self.counts = {"calls": 0, "errors": 0, "expired": 0, "events": 0, "duplicates": 0}
+        self.counts = {"calls": 0, "errors": 0, "expired": 0, "events": 0, "duplicates": 0,
+                       "retried": 0, "buried": 0}
+        self.retry_policies = {
+            name: RetryPolicy(h.entry.max_attempts or cls.max_attempts, Backoff(cls.retry_delay, 5.0))
+            for name, h in self.handlers.items() if h.entry.kind == "task"}
         self.methods = {h.name: MethodStats() for h in everything}
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._builtins: dict[str, Callable[[], Any]] = {STATS_METHOD: self.stats}
@@ -136,11 +140,11 @@ class NodeRuntime:
             if h is None:
                 log.warning("%s: no method %r (from %s)", self.info.name, env.method, env.kind,
                             extra=fields(env))
+                error = wire_error("unreachable", "Unreachable",
+                                   f"service {self.info.name!r} has no method {env.method!r}")
                 if is_call:
-                    await incoming.reply(env.fail(_error(
-                        "unreachable", "Unreachable",
-                        f"service {self.info.name!r} has no method {env.method!r}")))
-                await incoming.reject(False)
+                    await incoming.reply(env.fail(error))
+                await incoming.reject(False, error)
                 return
             if self.dedup.enabled:
                 seen, answer = self.dedup.check(env)
@@ -156,7 +160,7 @@ class NodeRuntime:
                 if env.expired():
                     self.counts["expired"] += 1
                     if is_call:
-                        await incoming.reply(env.fail(_error(
+                        await incoming.reply(env.fail(wire_error(
                             "timeout", "CallTimeout",
                             f"{self.info.name}.{env.method}: deadline passed before it started")))
                     await incoming.ack()
@@ -185,7 +189,7 @@ class NodeRuntime:
                 try:
                     await incoming.reply(answer)
                 except ProtocolError as exc:
-                    answer = env.fail(_error("remote", "ProtocolError", f"cannot send the result: {exc}"))
+                    answer = env.fail(wire_error("remote", "ProtocolError", f"cannot send the result: {exc}"))
                     await incoming.reply(answer)
                 self.dedup.remember(env, answer)
             await incoming.ack()
@@ -239,17 +243,32 @@ class NodeRuntime:
             await incoming.ack()
             return
         if SLIP_HEADER in env.headers:
-            self._slip_failed(env, error)
-            await incoming.reject(False)
+            self._slip_failed(env, error)   # the routing slip has its own retries and report
+            await incoming.ack()
             return
-        log.error("%s.%s (%s %s) raised %s: %s", self.info.name, h.name, env.kind, env.id,
-                  type(exc).__name__, exc,
-                  extra=fields(env))
-        if h.entry.kind == "task" and not isinstance(exc, TypeError):
-            self.dedup.forget(env)        # the retry must run, not be taken for a duplicate
-            await incoming.reject(True, error)   # another attempt; dead-lettered past N
-        else:
+        log.error("%s.%s (%s %s, attempt %d) raised %s: %s", self.info.name, h.name, env.kind,
+                  env.id, attempt_of(env), type(exc).__name__, exc, extra=fields(env))
+        if h.entry.kind != "task":
+            await incoming.reject(False, error)          # a cast to an @rpc method: logged
+            return
+        self.dedup.forget(env)   # it did not complete: a retry or a replay must run, not be dropped
+        policy = self.retry_policies[h.name]
+        attempt = None if isinstance(exc, TypeError) else policy.next_attempt(env)
+        if attempt is None:
+            env.kind = "task"                            # a cast to a @task method is a task
+            self.counts["buried"] += 1
             await incoming.reject(False, error)
+            return
+        await asyncio.sleep(policy.delay(env))
+        try:
+            await self.bus.transport.send(with_attempt(dataclasses.replace(env, kind="task"), attempt))
+        except (ConnectionError, OSError) as send_exc:
+            log.warning("%s: cannot re-send task %s (%s); it goes back to its queue",
+                        self.info.name, env.id, send_exc, extra=fields(env))
+            await incoming.reject(True)
+            return
+        self.counts["retried"] += 1
+        await incoming.ack()
 
     # -- events -----------------------------------------------------------------------------
 

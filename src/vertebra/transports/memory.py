@@ -9,8 +9,8 @@ Capability sheet
 * Calls, casts and tasks: one queue per service shared by its replicas; ready-based
   delivery (a replica gets at most ``prefetch`` unacked messages, least busy first).
   A replica that disconnects with unacked work has it requeued (at-least-once).
-  A task rejected ``max_attempts`` times (default 3, ``?max_attempts=N``) is
-  dead-lettered: kept in ``broker.dead_letters`` with its attempts, never lost, never looping.
+  A task its node buries (attempts exhausted, see :mod:`vertebra.wire.deadletter`) is kept
+  as a dead letter of its service, with its error, until replayed.
 * A call to a service with no replica fails at once with Unreachable; casts and tasks
   wait in the queue until a replica comes (like a durable queue, but not durable: the
   broker lives and dies with the process).
@@ -31,8 +31,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..eager import start_eagerly
 from ..wire.codec import Codec, decode
+from ..wire.deadletter import DeadLetter
 from ..wire.envelope import Envelope
-from ..wire.errors import ProtocolError
+from ..wire.errors import ProtocolError, wire_error
 from ..wire.info import ServiceInfo
 from ..wire.topics import matches
 from .base import AnswerCallback, Capabilities, EventHandler, Handler, Incoming, Transport
@@ -48,7 +49,6 @@ class _Message:
     service: str
     is_call: bool
     reply_to: str
-    attempts: int = 0
 
 
 @dataclass(slots=True)
@@ -65,17 +65,15 @@ class _Consumer:
 class MemoryBroker:
     """The shared state behind one ``memory://NAME``; every method is thread-safe."""
 
-    def __init__(self, name: str, max_attempts: int = 3) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.max_attempts = max_attempts
         self._lock = threading.RLock()
         self._queues: dict[str, collections.deque[_Message]] = collections.defaultdict(collections.deque)
         self._consumers: dict[str, list[_Consumer]] = collections.defaultdict(list)
         self._subs: list[tuple[str, MemoryTransport, EventHandler]] = []
         self._buses: dict[str, MemoryTransport] = {}
         self._seq = itertools.count(1)
-        self.dead_letters: list[tuple[bytes, int, dict[str, Any] | None]] = []
-        """Dead tasks: (encoded envelope, attempts, the last error object)."""
+        self._dead: dict[str, list[DeadLetter]] = collections.defaultdict(list)
 
     # -- connections --------------------------------------------------------------------
 
@@ -146,22 +144,34 @@ class MemoryBroker:
                 consumers.append(c)
             c.transport.post(c, tag, msg)
 
-    def settle(self, c: _Consumer, tag: int, requeue: bool | None,
-               error: dict[str, Any] | None = None) -> None:
-        """Ack (``requeue`` None) or reject a delivered message (``error``: why)."""
+    def settle(self, c: _Consumer, tag: int, requeue: bool | None = None,
+               dead: DeadLetter | None = None) -> None:
+        """Ack (``requeue`` None), requeue at the front, or drop a delivered message,
+        keeping ``dead`` (its dead letter) when it is given."""
         with self._lock:
             msg = c.unacked.pop(tag, None)
-            if msg is not None and requeue is not None:
-                msg.attempts += 1
-                if requeue and msg.attempts < self.max_attempts:
-                    self._queues[msg.service].append(msg)
-                elif not msg.is_call:
-                    self.dead_letters.append((msg.data, msg.attempts, error))
-                    log.warning("dead-lettered a message of %s after %d attempt(s)",
-                                msg.service, msg.attempts)
+            if msg is not None and requeue:
+                self._queues[msg.service].appendleft(msg)
+            if dead is not None:
+                self._dead[dead.service].append(dead)
             if not c.active and not c.unacked:
                 self._remove_consumer(c, requeue=False)
             self._dispatch(c.info.name)
+
+    def dead_letters(self, service: str) -> list[DeadLetter]:
+        """The dead letters of ``service``, oldest first."""
+        with self._lock:
+            return list(self._dead.get(service, ()))
+
+    def take_dead(self, service: str, ids: list[str] | None) -> list[DeadLetter]:
+        """Remove and return the dead letters of ``service`` with ``ids`` (all when None)."""
+        with self._lock:
+            kept: list[DeadLetter] = []
+            taken: list[DeadLetter] = []
+            for d in self._dead.get(service, ()):
+                (taken if ids is None or d.id in ids else kept).append(d)
+            self._dead[service] = kept
+            return taken
 
     # -- answers, events, discovery -------------------------------------------------------
 
@@ -227,9 +237,16 @@ class _MemoryIncoming(Incoming):
             self._consumer.transport.broker.settle(self._consumer, self._tag, None)
 
     async def reject(self, requeue: bool, error: dict[str, Any] | None = None) -> None:
-        if not self._settled:
-            self._settled = True
-            self._consumer.transport.broker.settle(self._consumer, self._tag, requeue, error)
+        if self._settled:
+            return
+        self._settled = True
+        env = self.envelope
+        dead = None
+        if not requeue and env.kind == "task":
+            dead = DeadLetter.of(env, error)
+            log.warning("buried task %s of %s.%s after %d attempt(s)", env.id, env.service,
+                        env.method, dead.attempts)
+        self._consumer.transport.broker.settle(self._consumer, self._tag, requeue, dead)
 
 
 class MemoryTransport(Transport):
@@ -245,8 +262,6 @@ class MemoryTransport(Transport):
         parts = urlsplit(url)
         self.broker = broker(parts.netloc + parts.path)
         query = parse_qs(parts.query)
-        if "max_attempts" in query:
-            self.broker.max_attempts = int(query["max_attempts"][0])
         self.max_size = int(query.get("max_size", [self.capabilities.max_message_size])[0])
         self.address = f"mem-{next(self._ids)}"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -290,9 +305,8 @@ class MemoryTransport(Transport):
             env.reply_to = self.address
         data = self.encode(env)
         if not self.broker.enqueue(_Message(data, env.service, env.kind == "call", env.reply_to)):
-            self._answer_now(env.fail({"code": "unreachable", "type": "Unreachable",
-                                       "message": f"no replica of service {env.service!r}",
-                                       "traceback": ""}))
+            self._answer_now(env.fail(wire_error("unreachable", "Unreachable",
+                                                 f"no replica of service {env.service!r}")))
 
     def _answer_now(self, answer: Envelope) -> None:
         assert self._on_answer is not None
@@ -313,6 +327,17 @@ class MemoryTransport(Transport):
     async def discover(self) -> list[ServiceInfo]:
         """The services served on this broker."""
         return self.broker.services()
+
+    async def dead_letters(self, service: str) -> list[DeadLetter]:
+        """The buried tasks of ``service``."""
+        return self.broker.dead_letters(service)
+
+    async def replay(self, service: str, ids: list[str] | None = None) -> int:
+        """Queue buried tasks of ``service`` again, as first attempts."""
+        taken = self.broker.take_dead(service, ids)
+        for d in taken:
+            await self.send(d.replay_envelope())
+        return len(taken)
 
     # -- cross-thread delivery: everything lands on this transport's own loop ---------------
 
@@ -367,9 +392,8 @@ class MemoryTransport(Transport):
             if msg.is_call and msg.reply_to and exc.envelope_id:
                 # a call we cannot parse still deserves an answer, if we can tell whose it is
                 self.broker.answer(msg.reply_to, self.encode(Envelope(
-                    "error", re=exc.envelope_id, error={"code": "protocol", "type": "ProtocolError",
-                                                        "message": str(exc), "traceback": ""})))
-            self.broker.settle(consumer, tag, False)
+                    "error", re=exc.envelope_id, error=wire_error("protocol", "ProtocolError", str(exc)))))
+            self.broker.settle(consumer, tag)
             return
         if env.kind == "call":
             env.reply_to = msg.reply_to

@@ -22,6 +22,7 @@ __all__ = [
     "Kind",
     "from_wire",
     "new_id",
+    "reseed_ids",
     "to_wire",
 ]
 
@@ -40,6 +41,15 @@ def new_id() -> str:
     global _counter
     _counter += 1
     return f"{_prefix}{_counter:x}"
+
+
+def reseed_ids() -> None:
+    """Draw a new id prefix; a forked child must (see :mod:`vertebra.dispatch.forks`)."""
+    global _counter, _prefix
+    _counter, _prefix = 0, os.urandom(8).hex()
+
+
+os.register_at_fork(after_in_child=reseed_ids)
 
 
 @dataclass(slots=True)
