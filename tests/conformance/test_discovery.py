@@ -52,3 +52,18 @@ async def test_every_node_answers_the_builtin_stats_call(open_bus):
     assert stats["methods"]["fail"] == {**stats["methods"]["fail"], "calls": 1, "errors": 1, "in_flight": 0}
     assert stats["methods"]["add"]["p99_ms"] >= stats["methods"]["add"]["p50_ms"] >= 0
     assert "outbox" in stats["bus"]
+
+
+async def test_a_node_without_a_docstring_is_advertised_with_an_empty_doc(open_bus):
+    class Bare(vertebra.Node):
+        name = "bare"
+
+        @vertebra.rpc
+        def ping(self) -> str:
+            return "pong"
+
+    await (await open_bus("bare")).serve(Bare())
+    client = await open_bus()
+    found = await poll_nodes(client, lambda f: "bare" in f)
+    assert found["bare"].doc == ""                 # not the Node base class's docstring
+    assert found["bare"].method("ping").doc == ""

@@ -98,7 +98,9 @@ class NodeRuntime:
             MethodInfo(h.name, h.entry.kind, str(h.binder.signature), inspect.getdoc(h.func) or "",
                        h.entry.pattern or _when(h.entry))
             for h in sorted(everything, key=lambda h: h.name))
-        self.info = ServiceInfo(cls.name, methods, inspect.getdoc(cls) or "", 1, bus.transport.scheme)
+        own_doc = cls.__dict__.get("__doc__")   # never a base class's (Node's own) docstring
+        self.info = ServiceInfo(cls.name, methods, inspect.cleandoc(own_doc) if own_doc else "", 1,
+                                bus.transport.scheme)
         self._slots = asyncio.Semaphore(self.prefetch)
         max_workers = cls.max_workers or self.prefetch
         self.pool = ElasticPool(min(cls.min_workers, max_workers), max_workers, cls.idle_timeout,
