@@ -9,18 +9,21 @@ import threading
 import time
 from pathlib import Path
 
-from vertebra import Node, rpc, task
+from vertebra import Node, event, rpc, task
 
 
 class Jobs(Node):
-    """Records tasks; a task named ``fail*`` always raises, ``block*`` hangs for a while."""
+    """Records tasks; a task named ``fail*`` always raises, ``fixable*`` raises until
+    ``fixed`` is set, ``crash*`` kills the process, ``block*`` hangs for a while."""
 
     name = "jobs"
+    retry_delay = 0.01
 
     def __init__(self, log: Path | None = None) -> None:
         self.done: list[str] = []
         self.started: list[str] = []
         self.failures: dict[str, int] = {}
+        self.fixed = False
         self.lock = threading.Lock()
         self.log = log
 
@@ -35,7 +38,7 @@ class Jobs(Node):
         """Do one job."""
         self._note(f"started {job}")
         self.started.append(job)
-        if job.startswith("fail"):
+        if job.startswith("fail") or (job.startswith("fixable") and not self.fixed):
             with self.lock:
                 self.failures[job] = self.failures.get(job, 0) + 1
             raise RuntimeError(f"job {job} is broken")
@@ -53,6 +56,31 @@ class Jobs(Node):
     def ping(self) -> str:
         """Liveness."""
         return "pong"
+
+    @rpc
+    def boom(self) -> None:
+        """Always raises (a cast to it is dropped by its node)."""
+        raise ValueError("boom")
+
+
+class Live(Node):
+    """Records the casts and events it gets (the live service beside an absent one)."""
+
+    name = "live"
+
+    def __init__(self) -> None:
+        self.casts: list[int] = []
+        self.events: list[int] = []
+
+    @task
+    def put(self, n: int) -> None:
+        """One cast."""
+        self.casts.append(n)
+
+    @event("live.#")
+    def on_live(self, topic: str, payload: int) -> None:
+        """One event."""
+        self.events.append(payload)
 
 
 if __name__ == "__main__":   # python amqp_nodes.py URL LOGFILE: serve Jobs until killed

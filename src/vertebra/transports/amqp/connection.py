@@ -20,8 +20,10 @@ publishers (``connection.blocked``, memory or disk alarm) is honoured: :attr:`wr
 is cleared until ``connection.unblocked``.
 
 On loss (socket error, missed heartbeats, a channel or connection exception) every
-handle is dropped, ``on_down`` runs, and the connection is re-opened with exponential
-backoff and jitter; ``on_up`` then re-declares the topology and resumes consuming.
+handle is dropped, ``on_down`` runs, and the connection is re-opened with vertebra's one
+backoff schedule (:class:`vertebra.backoff.Backoff`: 0.1 s doubling, capped at
+``reconnect_max``, full jitter); ``on_up`` then re-declares the topology and resumes
+consuming.
 """
 
 from __future__ import annotations
@@ -29,26 +31,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import amqp
 
+from ...backoff import Backoff
 from .options import AmqpOptions
 
-__all__ = ["LoopConnection", "backoff_delay"]
+__all__ = ["LoopConnection", "new_connection"]
 
 log = logging.getLogger("vertebra.transports.amqp")
 
 _MAX_FRAMES_PER_WAKEUP = 512
 
 
-def backoff_delay(attempt: int, base: float = 0.1, cap: float = 5.0,
-                  rand: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with jitter: uniform in [d/2, d] where d = min(cap, base * 2**n)."""
-    d = min(cap, base * float(2 ** min(attempt, 30)))
-    return float(d / 2 + rand() * d / 2)
+def new_connection(opts: AmqpOptions, **callbacks: Any) -> Any:
+    """A connected (blocking) py-amqp connection as ``opts`` says; runs in a worker thread.
+
+    ``callbacks`` are py-amqp's ``on_blocked`` / ``on_unblocked``.
+    """
+    conn = amqp.Connection(
+        host=opts.address, userid=opts.user, password=opts.password, virtual_host=opts.vhost,
+        heartbeat=opts.heartbeat, ssl=opts.ssl or False, connect_timeout=opts.connect_timeout,
+        **callbacks)
+    conn.connect()
+    return conn
 
 
 class _GulpRecv:
@@ -84,8 +92,10 @@ class LoopConnection:
     """
 
     def __init__(self, opts: AmqpOptions, on_up: Callable[[Any], None],
-                 on_down: Callable[[BaseException], None], stats: dict[str, int]) -> None:
+                 on_down: Callable[[BaseException], None], stats: dict[str, int],
+                 backoff: Backoff | None = None) -> None:
         self.opts = opts
+        self.backoff = backoff or Backoff(base=0.1, cap=opts.reconnect_max)
         self._on_up = on_up
         self._on_down = on_down
         self._stats = stats
@@ -111,14 +121,7 @@ class LoopConnection:
     # -- opening --------------------------------------------------------------------------
 
     def _new(self) -> Any:
-        o = self.opts
-        conn = amqp.Connection(
-            host=o.address, userid=o.user, password=o.password, virtual_host=o.vhost,
-            heartbeat=o.heartbeat, ssl=o.ssl or False, connect_timeout=o.connect_timeout,
-            on_blocked=self._blocked, on_unblocked=self._unblocked,
-        )
-        conn.connect()
-        return conn
+        return new_connection(self.opts, on_blocked=self._blocked, on_unblocked=self._unblocked)
 
     async def start(self) -> None:
         """Open the first connection; ConnectionError if the broker cannot be reached."""
@@ -284,7 +287,7 @@ class LoopConnection:
     async def _reconnect(self) -> None:
         attempt = 0
         while not self._closed:
-            await asyncio.sleep(backoff_delay(attempt, cap=self.opts.reconnect_max))
+            await asyncio.sleep(self.backoff.delay(attempt))
             attempt += 1
             try:
                 conn = await asyncio.to_thread(self._new)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -10,9 +11,11 @@ from ...wire.info import ServiceInfo
 from ..base import Handler, Incoming
 
 if TYPE_CHECKING:
-    from .transport import AmqpTransport
+    from .serving import Serving
 
 __all__ = ["AmqpIncoming", "Served"]
+
+log = logging.getLogger("vertebra.transports.amqp")
 
 
 @dataclass(eq=False)
@@ -31,26 +34,22 @@ class Served:
 class AmqpIncoming(Incoming):
     """A call, cast or task delivered from a service's queue."""
 
-    __slots__ = ("_channel_ref", "_done", "_served", "_tag", "_transport", "attempts", "body",
-                 "properties", "queue")
+    __slots__ = ("_channel_ref", "_done", "_served", "_serving", "_tag", "body", "properties")
 
-    def __init__(self, envelope: Envelope, transport: AmqpTransport, served: Served,
-                 channel: Any, tag: int, queue: str, body: bytes, properties: dict[str, Any],
-                 attempts: int) -> None:
+    def __init__(self, envelope: Envelope, serving: Serving, served: Served, channel: Any,
+                 tag: int, body: bytes, properties: dict[str, Any]) -> None:
         super().__init__(envelope)
-        self._transport = transport
+        self._serving = serving
         self._served = served
         self._channel_ref = channel
         self._tag = tag
         self._done = False
-        self.queue = queue
         self.body = body
         self.properties = properties
-        self.attempts = attempts
 
     async def reply(self, answer: Envelope) -> None:
         """Publish the answer to the caller's direct reply-to address."""
-        await self._transport._reply(answer)
+        await self._serving.reply(answer)
 
     def _channel(self) -> Any:
         """The channel to settle on, or None when its connection is gone (redelivered)."""
@@ -61,7 +60,7 @@ class AmqpIncoming(Incoming):
 
     def _finish(self) -> None:
         self._served.inflight -= 1
-        self._transport._maybe_close_served(self._served)
+        self._serving.maybe_close(self._served)
 
     async def ack(self) -> None:
         """Acknowledge: the broker forgets the message."""
@@ -71,29 +70,48 @@ class AmqpIncoming(Incoming):
         try:
             ch = self._channel()
             if ch is not None:
-                self._transport._guard(ch.basic_ack, self._tag)
+                self._serving.link.guard(ch.basic_ack, self._tag)
         finally:
             self._finish()
 
     async def reject(self, requeue: bool, error: dict[str, Any] | None = None) -> None:
-        """``requeue``: failed, may retry (dead-lettered past max_attempts); else dead now.
+        """``requeue``: back to its queue unchanged (``basic.reject``, requeue); else a task
+        is buried in the dead queue with ``error``, a cast dropped (logged), a call dropped.
 
-        ``error`` (a wire error object), when given, is attached to a dead-lettered task.
+        When the connection is already gone nothing is sent: the broker delivers the
+        message again, and its node decides again.
         """
         if self._done:
             return
         self._done = True
         try:
             ch = self._channel()
-            if not requeue or self.envelope.kind == "call":
+            kind = self.envelope.kind
+            if requeue or kind == "call":
                 if ch is not None:
-                    self._transport._guard(ch.basic_reject, self._tag, requeue)
+                    self._serving.link.guard(ch.basic_reject, self._tag, requeue)
                 return
             if ch is None:
-                return   # redelivered anyway: do not publish a copy as well
-            await self._transport._retry_or_bury(self, error)   # acks us when confirmed
+                return
+            if kind == "cast":
+                env = self.envelope
+                log.warning("amqp: dropped cast %s to %s.%s: %s", env.id, env.service, env.method,
+                            (error or {}).get("message", "rejected by its node"))
+                self._serving.link.stats["dropped"] += 1
+                self._serving.link.guard(ch.basic_ack, self._tag)
+                return
+            await self._serving.bury(self, error)   # acks us once the dead copy is confirmed
         finally:
             self._finish()
+
+    def requeue_now(self) -> None:
+        """Give the delivery back unchanged (a copy of it could not be confirmed)."""
+        ch = self._channel()
+        if ch is not None:
+            try:
+                ch.basic_reject(self._tag, True)
+            except Exception as exc:   # the connection is going: it comes back anyway
+                self._serving.link.conn.lost(exc)
 
     def ack_now(self) -> None:
         """Ack at once, from the confirm of this message's re-published copy: the ack is
@@ -104,4 +122,4 @@ class AmqpIncoming(Incoming):
             try:
                 ch.basic_ack(self._tag)
             except Exception as exc:   # the connection is going: the original comes back
-                self._transport._conn.lost(exc)
+                self._serving.link.conn.lost(exc)

@@ -6,10 +6,14 @@
 ==================  =========  ================================================================
 ``prefix``          ""         prepended to every exchange and queue name (share one vhost)
 ``heartbeat``       30         AMQP heartbeat, seconds (0: off)
-``max_attempts``    3          a task that failed this many times goes to the dead queue
 ``max_redeliveries`` 10        a task redelivered unacked this many times (its worker died
-                               each time) goes to the dead queue
+                               each time) is buried in the dead queue (error "WorkerLost")
 ``max_message``     16777216   largest encoded envelope accepted or sent, bytes
+``confirm_timeout`` 10         seconds a send waits for the broker's confirm before it fails
+                               with ConnectionError (the outbox sends it again)
+``settle``          15         seconds after a reconnect during which a call that comes back
+                               unrouted is held and sent again (its replicas are reconnecting
+                               too) instead of failing Unreachable
 ``discover_window`` 0.3        seconds ``discover()`` collects answers
 ``expires``         (none)     ms: task/dead queues unused this long are deleted (x-expires)
 ``connect_timeout`` 5          seconds for TCP + TLS + AMQP handshake
@@ -20,6 +24,9 @@
 ``server_hostname`` host       amqps: the name checked against the broker's certificate
 ``verify``          1          amqps: 0 disables certificate verification (tests only)
 ==================  =========  ================================================================
+
+How often a failing task runs is the node's business (``@task(max_attempts=...)``), the
+same on every transport; ``max_attempts`` in an amqp URL is refused with that hint.
 """
 
 from __future__ import annotations
@@ -31,9 +38,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["AmqpOptions", "parse_url"]
 
-_KNOWN = {"prefix", "heartbeat", "max_attempts", "max_redeliveries", "max_message",
-          "discover_window", "expires", "connect_timeout", "reconnect_max", "cafile", "certfile", "keyfile",
-          "server_hostname", "verify"}
+_KNOWN = {"prefix", "heartbeat", "max_redeliveries", "max_message", "confirm_timeout", "settle",
+          "discover_window", "expires", "connect_timeout", "reconnect_max", "cafile", "certfile",
+          "keyfile", "server_hostname", "verify"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +55,10 @@ class AmqpOptions:
     tls: bool = False
     prefix: str = ""
     heartbeat: int = 30
-    max_attempts: int = 3
     max_redeliveries: int = 10
     max_message: int = 16 * 1024 * 1024
+    confirm_timeout: float = 10.0
+    settle: float = 15.0
     discover_window: float = 0.3
     expires_ms: int | None = None
     connect_timeout: float = 5.0
@@ -70,6 +78,9 @@ def parse_url(url: str) -> AmqpOptions:
         raise ValueError(f"not an amqp URL: {url!r}")
     tls = parts.scheme == "amqps"
     q = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    if "max_attempts" in q:
+        raise ValueError("max_attempts is not an amqp URL parameter: how often a task runs is "
+                         "set on the node, @task(max_attempts=N) or Node.max_attempts")
     unknown = set(q) - _KNOWN
     if unknown:
         raise ValueError(f"unknown amqp URL parameter(s): {', '.join(sorted(unknown))}")
@@ -97,9 +108,10 @@ def parse_url(url: str) -> AmqpOptions:
         tls=tls,
         prefix=q.get("prefix", ""),
         heartbeat=int(q.get("heartbeat", 30)),
-        max_attempts=max(1, int(q.get("max_attempts", 3))),
         max_redeliveries=max(1, int(q.get("max_redeliveries", 10))),
         max_message=int(q.get("max_message", 16 * 1024 * 1024)),
+        confirm_timeout=max(0.001, float(q.get("confirm_timeout", 10.0))),
+        settle=max(0.0, float(q.get("settle", 15.0))),
         discover_window=float(q.get("discover_window", 0.3)),
         expires_ms=int(expires) if expires else None,
         connect_timeout=float(q.get("connect_timeout", 5.0)),

@@ -13,7 +13,8 @@ name                           type      flags / arguments
 ``P`` + ``vertebra.call.S``    queue     non-durable, auto-delete: exists while a replica serves
 ``P`` + ``vertebra.task.S``    queue     durable; x-dead-letter-exchange = the dlx,
                                          x-dead-letter-routing-key = the dead queue's name
-``P`` + ``vertebra.dead.S``    queue     durable; bound to the dlx with its own name
+``P`` + ``vertebra.dead.S``    queue     durable; bound to the dlx with its own name; holds the
+                                         buried tasks (:mod:`.deadletters`)
 (server-named)                 queue     exclusive, auto-delete: one per bus that subscribes
                                          (bound to events) or serves (bound to discovery)
 =============================  ========  ======================================================
@@ -26,16 +27,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["ATTEMPTS_HEADER", "ERROR_HEADER", "REDELIVERIES_HEADER", "REPLY_TO", "Topology"]
+__all__ = ["REDELIVERIES_HEADER", "REPLY_TO", "Topology"]
 
 REPLY_TO: Final = "amq.rabbitmq.reply-to"
 """RabbitMQ's direct reply-to pseudo-queue."""
-ATTEMPTS_HEADER: Final = "x-vertebra-attempts"
-"""How many times a task has failed so far (absent: never)."""
 REDELIVERIES_HEADER: Final = "x-vertebra-redeliveries"
-"""How many times a task came back unacknowledged (its worker died, or its link)."""
-ERROR_HEADER: Final = "x-vertebra-error"
-"""On a dead-lettered task: the last error, as JSON text of the wire error object."""
+"""How many times a task came back unacknowledged (its worker died, or its link): an AMQP
+header of the transport's own, for its poison-task limit (``max_redeliveries``)."""
 
 
 @dataclass(frozen=True, slots=True)
