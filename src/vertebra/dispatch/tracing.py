@@ -28,10 +28,20 @@ __all__ = ["consumer_span", "producer_span"]
 _KINDS = {"call": "CLIENT", "cast": "PRODUCER", "task": "PRODUCER", "event": "PRODUCER"}
 
 
+_enabled = False
+
+
 def _tracing() -> bool:
+    """Whether a real tracer provider is configured.  OpenTelemetry lets a provider be set
+    only once, so a yes is kept; a no is asked again (cheaply) on the next message."""
+    global _enabled
+    if _enabled:
+        return True
     if trace is None:
         return False
-    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    _enabled = not isinstance(trace.get_tracer_provider(),
+                              (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    return _enabled
 
 
 def _name(env: Envelope) -> str:
