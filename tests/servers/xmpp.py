@@ -4,14 +4,18 @@ cannot start, :func:`running` raises and the run fails.
 
 Configuration (as the shared recipes found necessary): ``run_as_root = true``, no
 ``mod_limits`` (it throttles clients to 10 KiB/s), Nagle off, PLAIN on the unencrypted
-loopback stream, a MUC component (``muc.localhost``, rooms unlocked at once), a PubSub
-component and an external-component port.  ``running_tls`` starts a variant that also
+loopback stream, a MUC component (``muc.localhost``, rooms unlocked at once), ``mod_pep``
+with ``pep_max_items = 10000`` (dead letters live in PEP nodes of the service accounts,
+see src/vertebra/transports/xmpp/deadletters.py), a PubSub component and an
+external-component port.  ``running_tls`` starts a variant that also
 offers STARTTLS with a self-signed certificate for ``localhost``.
 
 Isolation: every test gets a directory room of its own (``?room=vt-<test id>``); accounts
 are per role (``<role>@localhost``, registered once per session with ``prosodyctl
 register``), and every bus logs in with a fresh random resource.  Rooms are temporary
-(Prosody destroys an empty non-persistent room), so a test leaves nothing behind.
+(Prosody destroys an empty non-persistent room); dead-letter nodes are named after the
+room (``vertebra.dead/<room>/<service>``), so no test sees another's, and they go with the
+session's temporary directory.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def ensure_installed() -> None:
 
 
 def _config(d: Path, port: int, cport: int, tls: bool, stanza_limit: int) -> str:
-    mods = '"roster"; "saslauth"; "disco"; "ping"; "smacks"; "time"; "version";'
+    mods = '"roster"; "saslauth"; "disco"; "ping"; "smacks"; "time"; "version"; "pep";'
     if tls:
         mods += ' "tls";'
     text = f"""-- written by tests/servers/xmpp.py
@@ -79,6 +83,7 @@ storage = "internal"
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 c2s_stanza_size_limit = {stanza_limit}
+pep_max_items = 10000 -- dead letters kept per service node (Prosody's default: 256)
 -- no mod_limits: it would throttle every client to 10 KiB/s
 """
     if tls:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from vertebra import Node, rpc, task
+from vertebra import Node, event, rpc, task
 
 
 class Calc(Node):
@@ -42,3 +42,47 @@ class Calc(Node):
         """Record ``item`` after ``delay`` seconds."""
         await asyncio.sleep(delay)
         self.done.append(item)
+
+
+class Recorder(Node):
+    """Records its tasks and the events under ``live.*``; ``hold`` waits for ``release``."""
+
+    name = "calc"
+
+    def __init__(self) -> None:
+        self.done: list[Any] = []
+        self.events: list[Any] = []
+        self.release = asyncio.Event()
+
+    @task
+    def work(self, item: Any) -> None:
+        """Record ``item``."""
+        self.done.append(item)
+
+    @task
+    async def hold(self, item: Any) -> None:
+        """Record ``item`` once the test sets ``release``."""
+        await self.release.wait()
+        self.done.append(item)
+
+    @task(max_attempts=1)
+    def doomed(self, item: Any) -> None:
+        """Fail (buried at once: one attempt) unless ``item`` starts with "ok"."""
+        if not str(item).startswith("ok") and not self.release.is_set():
+            raise LookupError(f"no {item}")
+        self.done.append(item)
+
+    @rpc
+    def shout(self, item: Any) -> None:
+        """An @rpc method that fails: cast to it, it is dropped (a cast has no dead letter)."""
+        raise ValueError(f"cannot shout {item}")
+
+    @event("live.*")
+    def on_live(self, topic: str, payload: Any) -> None:
+        """Record events under live."""
+        self.events.append(payload)
+
+
+def recorder(name: str) -> Recorder:
+    """A Recorder serving the service ``name``."""
+    return type(f"Recorder_{name}", (Recorder,), {"name": name})()

@@ -60,3 +60,25 @@ def test_env_element_round_trip_and_bad_base64():
     bad = ET.fromstring(f"<iq xmlns='jabber:client'><env xmlns='{stanzas.NS_ENV}'>!!</env></iq>")
     with pytest.raises(ValueError):
         stanzas.env_of(bad)
+
+
+def test_delivery_options_and_the_gone_max_attempts():
+    o = parse_url("xmpp://a:b@h", 1)
+    assert (o.grace, o.ack_wait, o.max_redeliveries) == (3.0, 30.0, 10)
+    o = parse_url("xmpp://a:b@h?grace=0.5&ack_wait=2&max_redeliveries=4", 1)
+    assert (o.grace, o.ack_wait, o.max_redeliveries) == (0.5, 2.0, 4)
+    with pytest.raises(ValueError, match=r"@task\(max_attempts"):
+        parse_url("xmpp://a:b@h?max_attempts=3", 1)
+
+
+def test_delivery_keys_tell_attempts_and_replays_apart():
+    from vertebra.transports.xmpp.outgoing import REPLAY_HEADER, delivery_key
+    from vertebra.wire.deadletter import with_attempt
+    from vertebra.wire.envelope import Envelope
+
+    env = Envelope("task", service="s", method="m")
+    second = with_attempt(env, 2)
+    replayed = with_attempt(env, 1)
+    replayed.headers[REPLAY_HEADER] = "r1"
+    keys = {delivery_key(env), delivery_key(second), delivery_key(replayed)}
+    assert len(keys) == 3 and delivery_key(with_attempt(second, 1)) == delivery_key(env)

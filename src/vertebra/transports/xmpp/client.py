@@ -1,8 +1,11 @@
 """One slixmpp client session on the Bus's event loop, reconnected with back-off.
 
-slixmpp retries the first connection by itself but does not reconnect a session that
-dropped; :class:`Session` does (0.1 s doubling to 5 s), and tells its owner when it is
-online (after every (re)connect) and offline.
+slixmpp retries a connection with back-off of its own (1, 3, 7, 15 s...) and does not
+reconnect a session that dropped.  :class:`Session` makes one attempt at a time (a refused
+TCP connection fails the attempt at once) and schedules them itself with vertebra's one
+backoff (:class:`vertebra.backoff.Backoff`, 0.1 s doubling to a 5 s cap, full jitter):
+``start()`` tries until its timeout, a dropped session is reconnected for as long as it
+is not closed.  It tells its owner when it is online (after every (re)connect) and offline.
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ import slixmpp
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher.base import MatcherBase
 
+from ...backoff import Backoff
 from .options import XmppOptions
 
-__all__ = ["Session"]
+__all__ = ["RECONNECT", "Session"]
 
 log = logging.getLogger("vertebra.transports.xmpp")
+
+RECONNECT = Backoff(base=0.1, cap=5.0)
+"""The schedule of connection attempts (first connect and reconnects)."""
 
 
 class _Match(MatcherBase):
@@ -38,6 +45,10 @@ class _Match(MatcherBase):
         return self._pred(xml.xml)
 
 
+class _Refused(ConnectionError):
+    """The server refused us for good (credentials, certificate): retrying cannot help."""
+
+
 class Session:
     """A client connection; ``on_stanza(xml)`` gets every stanza ``accept(xml)`` selects."""
 
@@ -49,7 +60,7 @@ class Session:
         self.reconnects = 0
         self._on_online, self._on_offline = on_online, on_offline
         self._closing = False
-        self._ready: asyncio.Future[bool] | None = None
+        self._ready: asyncio.Future[str | None] | None = None   # None: logged in
         self._reconnect: asyncio.Task[None] | None = None
         plugin_config: dict[str, Any] = {}
         if not opts.tls:
@@ -68,15 +79,31 @@ class Session:
             x.ca_certs = Path(opts.ca_file)
         x.whitespace_keepalive_interval = 30
         x.add_event_handler("session_start", self._session_start)
-        x.add_event_handler("failed_auth", self._failed)
-        x.add_event_handler("ssl_invalid_chain", self._failed)
+        x.add_event_handler("failed_auth", lambda _e: self._failed("authentication failed"))
+        x.add_event_handler("ssl_invalid_chain",
+                            lambda _e: self._failed("the server's certificate is not trusted"))
+        x.add_event_handler("connection_failed", lambda _e: self._failed(""))
         x.add_event_handler("disconnected", self._disconnected)
         x.register_handler(Callback("vertebra", _Match(accept), lambda s: on_stanza(s.xml)))
         self.xmpp = x
 
     async def start(self, timeout: float = 15.0) -> None:
         """Connect and authenticate; ConnectionError when that fails within ``timeout``."""
-        await self._attempt(timeout)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        attempt = 0
+        while True:
+            try:
+                await self._attempt(max(0.5, end - loop.time()))
+                return
+            except _Refused:
+                raise                   # wrong password, untrusted certificate: no retry
+            except ConnectionError:
+                delay = RECONNECT.delay(attempt)
+                attempt += 1
+                if self._closing or loop.time() + delay >= end:
+                    raise
+                await asyncio.sleep(delay)
 
     async def _attempt(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -84,26 +111,28 @@ class Session:
         self._ready = loop.create_future()
         self.xmpp.connect(self.opts.host, self.opts.port)
         try:
-            ok = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+            why = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except TimeoutError:
-            ok = False
-        if not ok:
+            why = "timed out"
+        if why is not None:
             self.xmpp.cancel_connection_attempt()
             with contextlib.suppress(Exception):
                 self.xmpp.abort()
-            raise ConnectionError(f"cannot log in to {self.opts.host}:{self.opts.port} "
-                                  f"as {self.opts.full}")
+            what = f"cannot log in to {self.opts.host}:{self.opts.port} as {self.opts.full}"
+            if why and why != "timed out":
+                raise _Refused(f"{what}: {why}")
+            raise ConnectionError(f"{what}{': ' + why if why else ''}")
 
     def _session_start(self, _event: Any) -> None:
         self.online = True
         self.xmpp.send_raw("<presence/>")
         if self._ready is not None and not self._ready.done():
-            self._ready.set_result(True)
+            self._ready.set_result(None)
         self._on_online()
 
-    def _failed(self, _event: Any) -> None:
+    def _failed(self, why: str) -> None:
         if self._ready is not None and not self._ready.done():
-            self._ready.set_result(False)
+            self._ready.set_result(why)
 
     def _disconnected(self, _event: Any) -> None:
         was = self.online
@@ -114,7 +143,7 @@ class Session:
             self._reconnect = asyncio.ensure_future(self._reconnect_loop())
 
     async def _reconnect_loop(self) -> None:
-        delay = 0.1
+        attempt = 0
         try:
             while not self._closing and not self.online:
                 try:
@@ -123,9 +152,10 @@ class Session:
                     log.info("%s reconnected", self.opts.full)
                     return
                 except ConnectionError:
-                    log.warning("%s: reconnect failed; again in %.1f s", self.opts.full, delay)
+                    delay = RECONNECT.delay(attempt)
+                    attempt += 1
+                    log.warning("%s: reconnect failed; again in %.2f s", self.opts.full, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
         finally:
             self._reconnect = None
 

@@ -41,21 +41,21 @@ class XmppIncoming(Incoming):
 
     async def reply(self, answer: Envelope) -> None:
         """Answer the call: the reply goes in the IQ result (an error in an IQ error)."""
-        self._t._answer(self.envelope, answer)
+        self._t.serving.answer(self.envelope, answer)
 
     async def ack(self) -> None:
         """Done: acknowledge a cast/task with an empty IQ result."""
         if not self._settled:
             self._settled = True
-            self._t._settle(self._served, self.envelope, None)
+            await self._t.serving.settle(self._served, self.envelope, None)
 
     async def reject(self, requeue: bool, error: dict[str, Any] | None = None) -> None:
-        """Give up: ask the sender to send it again (``requeue``) or drop it; ``error``'s
-        message goes in the IQ error's text."""
+        """Give up: back to the sender to be sent again (``requeue``), or for good: a task
+        is buried with ``error`` (PubSub, see .deadletters) before the sender is
+        acknowledged, a cast is dropped with a log line."""
         if not self._settled:
             self._settled = True
-            why = f"{error.get('type', '')}: {error.get('message', '')}" if error else ""
-            self._t._settle(self._served, self.envelope, requeue, why)
+            await self._t.serving.settle(self._served, self.envelope, requeue, error)
 
 
 class RpcIncoming(Incoming):
@@ -78,13 +78,13 @@ class RpcIncoming(Incoming):
             err = answer.error or {}
             inner = jabber_rpc.fault(400 if err.get("code") == "protocol" else 500,
                                      f"{err.get('type', 'Error')}: {err.get('message', '')}")
-        self._t._session_send(stanzas.result_iq(self._to, self._sid, inner))
+        self._t.send_xml(stanzas.result_iq(self._to, self._sid, inner))
 
     async def ack(self) -> None:
         """Free the prefetch slot."""
         if not self._done:
             self._done = True
-            self._t._finish(self._served)
+            self._t.serving.finish(self._served)
 
     async def reject(self, requeue: bool, error: dict[str, Any] | None = None) -> None:
         """Free the prefetch slot (an RPC call is never requeued)."""

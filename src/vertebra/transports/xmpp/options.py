@@ -28,8 +28,12 @@ class XmppOptions:
     ca_file: str
     allow: frozenset[str]
     max_size: int
-    max_attempts: int
     grace: float
+    """Seconds a message waits in the transport for a replica of its service to appear."""
+    ack_wait: float
+    """Seconds one ``send()`` of a cast or task waits for the acknowledgement."""
+    max_redeliveries: int
+    """A task whose replica vanished holding it this many times is buried (``WorkerLost``)."""
 
     @property
     def bare(self) -> str:
@@ -48,6 +52,9 @@ def parse_url(url: str, default_max: int) -> XmppOptions:
     if not parts.username or not parts.hostname:
         raise ValueError(f"an xmpp URL needs user and host: xmpp://user:password@host:port ({url!r})")
     q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if "max_attempts" in q:
+        raise ValueError("xmpp: ?max_attempts= is gone: a task's attempts are set on the node "
+                         "(@task(max_attempts=...)); see docs/transports/xmpp.md")
     domain = q.get("domain", parts.hostname)
     allow = frozenset(j.strip().lower() for j in q.get("allow", "").split(",") if j.strip())
     return XmppOptions(
@@ -58,4 +65,6 @@ def parse_url(url: str, default_max: int) -> XmppOptions:
         tls=q.get("tls", "1").lower() in _TRUE, verify=q.get("verify", "1").lower() in _TRUE,
         ca_file=q.get("ca", ""), allow=allow,
         max_size=int(q.get("max_size", default_max)),
-        max_attempts=int(q.get("max_attempts", 3)), grace=float(q.get("grace", 3.0)))
+        grace=max(0.0, float(q.get("grace", 3.0))),
+        ack_wait=max(0.01, float(q.get("ack_wait", 30.0))),
+        max_redeliveries=max(1, int(q.get("max_redeliveries", 10))))

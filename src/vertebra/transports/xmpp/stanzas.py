@@ -20,8 +20,8 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 __all__ = [
-    "NS_ENV", "NS_PRESENCE", "NS_RPC", "NS_STANZAS", "env_of", "error_iq", "node_of", "result_iq",
-    "set_iq",
+    "NS_ENV", "NS_PRESENCE", "NS_PUBSUB", "NS_RPC", "NS_STANZAS", "IqError", "env_of", "error_iq",
+    "node_of", "request_iq", "result_iq", "set_iq",
 ]
 
 NS_ENV = "urn:vertebra:envelope:1"
@@ -34,6 +34,7 @@ NS_DELAY = "urn:xmpp:delay"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_PING = "urn:xmpp:ping"
+NS_PUBSUB = "http://jabber.org/protocol/pubsub"
 
 _ENV_TAG = f"{{{NS_ENV}}}env"
 _NODE_TAG = f"{{{NS_PRESENCE}}}node"
@@ -47,6 +48,21 @@ def env_element(data: bytes) -> str:
 def set_iq(to: str, sid: str, data: bytes) -> str:
     """An IQ set carrying an envelope."""
     return f"<iq type='set' to={quoteattr(to)} id={quoteattr(sid)}>{env_element(data)}</iq>"
+
+
+def request_iq(kind: str, to: str, sid: str, body: str) -> str:
+    """An IQ ``get`` or ``set`` with a payload (already XML); no ``to``: our own account."""
+    dest = f" to={quoteattr(to)}" if to else ""
+    return f"<iq type='{kind}'{dest} id={quoteattr(sid)}>{body}</iq>"
+
+
+class IqError(Exception):
+    """An IQ request was answered with an error: ``condition`` (RFC 6120) and ``text``."""
+
+    def __init__(self, condition: str, text: str = "") -> None:
+        super().__init__(f"{condition}: {text}" if text else condition)
+        self.condition = condition
+        self.text = text
 
 
 def result_iq(to: str, sid: str, inner: str = "") -> str:

@@ -1,0 +1,376 @@
+"""The sending side: routing calls, casts and tasks to replicas, and every wait bounded.
+
+There is no broker: until a replica acknowledges a cast or task (the IQ ``result``, sent
+after its handler finished) only the sender has it.  So:
+
+* ``send()`` of a cast or task transmits it to the least busy replica and waits for the
+  acknowledgement, at most ``ack_wait`` seconds; the outbox behind it (and its spool) keeps
+  the message until then.  An acknowledgement that does not come in time fails the send
+  with ConnectionError while the message stays in flight here: the outbox's retry finds it
+  by id and waits again, it is not sent twice.
+* With no replica the message waits in a per-service list of this transport, at most
+  ``grace`` seconds for one to appear, then the send fails with ConnectionError and the
+  outbox owns it again (it retries with backoff until ``max_age``).  Nothing here waits on
+  anything but its own message: an absent service never holds up another destination.
+* A lost connection fails every waiting send at once (ConnectionError); the receiver's
+  duplicate suppression makes the outbox's re-send harmless.
+* A task the node hands on (the next attempt of one it is running, see
+  :mod:`vertebra.wire.deadletter`) and a replayed dead letter have no outbox behind them:
+  the transport owns them, re-sends them after a reconnect and re-routes them, until acked.
+* A task whose replica vanished holding it ``max_redeliveries`` times is sent, with the
+  ``dead-error`` header (``WorkerLost``), to a replica that buries it without running it.
+
+Calls share the table: sent at once (``send`` returns), answered through ``on_answer``;
+no replica: ``Unreachable`` at once unless the service was live a moment ago
+(:meth:`Directory.recently_live`), then it waits ``grace`` seconds for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ...wire.codec import decode
+from ...wire.deadletter import DEAD_ERROR_HEADER, attempt_of
+from ...wire.envelope import Envelope
+from ...wire.errors import ProtocolError, Unreachable, wire_error
+from . import stanzas
+
+if TYPE_CHECKING:
+    from .transport import XmppTransport
+
+__all__ = ["REPLAY_HEADER", "Out", "Outgoing", "delivery_key"]
+
+log = logging.getLogger("vertebra.transports.xmpp")
+
+REPLAY_HEADER = "replay"
+"""Set (to a random token) on a replayed dead letter, so that duplicate suppression, which
+knows messages by id and attempt, tells the replay from the attempt it repeats."""
+
+_GONE = frozenset({"service-unavailable", "recipient-unavailable", "item-not-found",
+                   "remote-server-not-found", "gone", "redirect"})
+
+
+def delivery_key(env: Envelope) -> str:
+    """What duplicate suppression knows a message by: id, attempt and replay token."""
+    return f"{env.id}#{attempt_of(env)}#{env.headers.get(REPLAY_HEADER, '')}"
+
+
+@dataclass(slots=True, eq=False)
+class Out:
+    """A call, cast or task sent and not answered or acknowledged yet."""
+
+    env: Envelope
+    data: bytes
+    key: str
+    owned: bool = False        # no send() behind it: only the transport keeps it
+    target: str = ""
+    sid: str = ""
+    gone: set[str] = field(default_factory=set)
+    parked_at: float = 0.0     # monotonic time it began to wait for a replica; 0: it is not
+    lost: int = 0              # replicas that vanished holding it
+    transmissions: int = 0
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+class Outgoing:
+    """The in-flight table and the per-service waiting lists of one transport."""
+
+    def __init__(self, t: XmppTransport) -> None:
+        self.t = t
+        self.out: dict[str, Out] = {}                    # delivery key -> in flight
+        self.sids: dict[str, str] = {}                   # IQ id -> delivery key
+        self.per_target: collections.Counter[str] = collections.Counter()
+        self.waiting: dict[str, dict[str, None]] = collections.defaultdict(dict)
+        self._acked: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._lost: collections.OrderedDict[str, int] = collections.OrderedDict()  # across retries
+        self._up: dict[str, list[asyncio.Future[None]]] = collections.defaultdict(list)
+        self._sid_prefix = os.urandom(4).hex()
+        self._sid_seq = itertools.count(1)
+
+    # -- send -------------------------------------------------------------------------------
+
+    async def send(self, env: Envelope) -> None:
+        """Route one call, cast or task (see the module docstring for what it waits for)."""
+        if env.kind == "call":
+            env.reply_to = self.t.jid
+            out = Out(env, self.t.encode(env), env.id)
+            self.out[out.key] = out
+            self._route(out, first=True)
+            return
+        key = delivery_key(env)
+        if key in self._acked:          # a retry of something acknowledged meanwhile
+            return
+        handover = self.t.serving.is_running(env.id)
+        found = self.out.get(key)
+        if found is None:
+            out = Out(env, self.t.encode(env), key, owned=handover, lost=self._lost.get(key, 0))
+            if out.lost >= self.t.opts.max_redeliveries:
+                self._to_be_buried(out, again=True)
+            self.out[key] = out
+            self._route(out)
+        else:
+            out = found
+        if handover:
+            if out.parked_at:      # nobody to hand it to: the original goes back instead
+                self._settle(out, ConnectionError(f"no replica of {env.service!r} to hand "
+                                                  f"task {env.id} to"))
+                raise ConnectionError(f"no replica of {env.service!r} to hand task {env.id} to")
+            out.owned = True
+            return
+        await self._wait(out)
+
+    def hand_over(self, env: Envelope) -> Out:
+        """Send ``env`` (a cast or task) with no outbox behind it: the transport keeps it."""
+        out = Out(env, self.t.encode(env), delivery_key(env), owned=True)
+        self.out[out.key] = out
+        self._route(out)
+        return out
+
+    async def _wait(self, out: Out) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        out.waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, self.t.opts.ack_wait)
+        except TimeoutError:
+            # still in flight (a slow handler?): the outbox's retry finds it here by its key
+            raise ConnectionError(
+                f"{out.env.kind} {out.env.id}: no acknowledgement from "
+                f"{out.target or 'a replica'} within {self.t.opts.ack_wait:g}s") from None
+        except asyncio.CancelledError:
+            if fut in out.waiters:
+                out.waiters.remove(fut)
+            if not out.waiters and not out.owned and self.out.get(out.key) is out:
+                self._forget(out)        # the outbox gave it up (max_age) or is stopping
+            raise
+        finally:
+            if fut in out.waiters:
+                out.waiters.remove(fut)
+
+    async def await_replica(self, service: str) -> None:
+        """Return once ``service`` has a replica; Unreachable when none comes within grace."""
+        if self.t.directory.has_replica(service):
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._up[service].append(fut)
+        try:
+            await asyncio.wait_for(fut, self.t.opts.grace)
+        except TimeoutError:
+            raise Unreachable(f"no replica of service {service!r}") from None
+        finally:
+            if fut in self._up.get(service, ()):
+                self._up[service].remove(fut)
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _route(self, out: Out, first: bool = False) -> None:
+        """Send ``out`` to the best replica, or let it wait for one, or fail it."""
+        env = out.env
+        target = self.t.directory.choose(env.service, out.gone, self.per_target)
+        if target:
+            self._transmit(out, target)
+            return
+        if env.kind == "call" and first and not self.t.directory.recently_live(env.service):
+            self._forget(out)
+            self.t.answer_now(env.fail(wire_error(
+                "unreachable", "Unreachable", f"no replica of service {env.service!r}")))
+            return
+        self._unassign(out)
+        if not out.parked_at:
+            out.parked_at = time.monotonic()
+        self.waiting[env.service][out.key] = None
+
+    def _transmit(self, out: Out, target: str) -> None:
+        self._unassign(out)
+        if out.parked_at:
+            out.parked_at = 0.0
+            self.waiting.get(out.env.service, {}).pop(out.key, None)
+        out.sid = f"vt{self._sid_prefix}{next(self._sid_seq):x}"
+        out.target = target
+        out.transmissions += 1
+        if out.transmissions > 1:
+            self.t.stats["resent"] += 1
+        self.sids[out.sid] = out.key
+        self.per_target[target] += 1
+        self.t.send_xml(stanzas.set_iq(target, out.sid, out.data))   # offline: resent later
+
+    def _unassign(self, out: Out) -> None:
+        if out.sid:
+            self.sids.pop(out.sid, None)
+            out.sid = ""
+        if out.target:
+            self.per_target[out.target] -= 1
+            if self.per_target[out.target] <= 0:
+                del self.per_target[out.target]
+            out.target = ""
+
+    def _forget(self, out: Out) -> None:
+        self._unassign(out)
+        if self.out.get(out.key) is out:
+            del self.out[out.key]
+        if out.parked_at:
+            self.waiting.get(out.env.service, {}).pop(out.key, None)
+
+    def _settle(self, out: Out, exc: BaseException | None = None) -> None:
+        """Done with ``out``: acknowledged (``exc`` None) or failed; wake its waiters."""
+        self._forget(out)
+        if exc is None and out.env.kind != "call":
+            self._lost.pop(out.key, None)
+            self._acked[out.key] = None
+            if len(self._acked) > 20_000:
+                self._acked.popitem(last=False)
+        for w in out.waiters:
+            if not w.done():
+                if exc is None:
+                    w.set_result(None)
+                else:
+                    w.set_exception(exc)
+        out.waiters.clear()
+
+    # -- what the directory tells us --------------------------------------------------------
+
+    def replica_up(self, service: str) -> None:
+        """A replica of ``service`` announced itself: what waits for one goes to it."""
+        for fut in self._up.pop(service, ()):
+            if not fut.done():
+                fut.set_result(None)
+        keys = self.waiting.pop(service, None)
+        for key in keys or ():
+            out = self.out.get(key)
+            if out is not None and out.parked_at:
+                out.gone.clear()
+                self._route(out)
+
+    def target_gone(self, jid: str) -> None:
+        """A replica left: what it did not answer goes to another one."""
+        for out in [o for o in self.out.values() if o.target == jid]:
+            out.gone.add(jid)
+            if out.env.kind != "call":
+                out.lost += 1
+                self._lost[out.key] = out.lost
+                if len(self._lost) > 20_000:
+                    self._lost.popitem(last=False)
+                if out.lost >= self.t.opts.max_redeliveries:
+                    self._to_be_buried(out)
+            self._route(out)
+
+    def _to_be_buried(self, out: Out, again: bool = False) -> None:
+        """A poison task: its next replica buries it (``dead-error`` header) unrun."""
+        if DEAD_ERROR_HEADER in out.env.headers:
+            return
+        err = wire_error("remote", "WorkerLost",
+                         f"its worker vanished holding it {out.lost} time(s)")
+        env = dataclasses.replace(out.env, headers={**out.env.headers,
+                                                    DEAD_ERROR_HEADER: json.dumps(err)})
+        out.env, out.data = env, self.t.encode(env)
+        out.gone.clear()
+        if again:               # the outbox's retry of one already given up
+            return
+        self.t.stats["worker_lost"] += 1
+        log.warning("%s: %s %s.%s (%s) lost with %d replica(s): it goes to be buried",
+                    self.t.jid, env.kind, env.service, env.method, env.id, out.lost)
+
+    def rejoined(self) -> None:
+        """Back in the directory room: what we still own goes out again."""
+        for out in list(self.out.values()):
+            if out.parked_at:
+                continue
+            if out.target and self.t.directory.present(out.target):
+                self._transmit(out, out.target)
+            else:
+                self._route(out)
+
+    def offline(self) -> None:
+        """The connection is lost: every waiting send fails now (its outbox re-sends it)."""
+        for out in list(self.out.values()):
+            if out.env.kind != "call" and not out.owned:
+                self._settle(out, ConnectionError("xmpp connection lost before the "
+                                                  "acknowledgement"))
+
+    def close(self) -> int:
+        """Fail every waiting send; return how many owned messages were never acknowledged."""
+        owned = 0
+        for out in list(self.out.values()):
+            owned += out.owned
+            self._settle(out, ConnectionError("xmpp transport closed"))
+        for futs in self._up.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(ConnectionError("xmpp transport closed"))
+        return owned
+
+    def sweep(self) -> None:
+        """Forget expired calls; end the waits for a replica that passed ``grace``."""
+        now, mono, grace = time.time(), time.monotonic(), self.t.opts.grace
+        for out in list(self.out.values()):
+            env = out.env
+            if env.kind == "call":
+                if env.expired(now):
+                    self._forget(out)
+                elif out.parked_at and mono - out.parked_at > grace:
+                    self._forget(out)
+                    self.t.answer_now(env.fail(wire_error(
+                        "unreachable", "Unreachable", f"no replica of {env.service!r} came back")))
+            elif out.parked_at and mono - out.parked_at > grace and not out.owned:
+                self._settle(out, ConnectionError(
+                    f"no replica of service {env.service!r} within {grace:g}s"))
+
+    # -- answers ----------------------------------------------------------------------------
+
+    def on_answer(self, xml: ET.Element, kind: str) -> None:
+        """An IQ ``result`` or ``error`` for something we sent."""
+        key = self.sids.get(xml.get("id", ""), "")
+        out = self.out.get(key)
+        if out is None:
+            return
+        env = out.env
+        try:
+            data = stanzas.env_of(xml)
+        except ValueError:
+            data = None
+        if kind == "result":
+            self._settle(out)
+            if env.kind == "call" and data is not None:
+                self._deliver(env, data)
+            return
+        condition = stanzas.error_condition(xml)
+        gone = condition in _GONE and data is None       # that replica cannot take it
+        requeued = condition == "resource-constraint" and env.kind != "call"
+        if gone or requeued:                             # ... so another one may
+            out.gone.add(out.target)
+            self._route(out)
+        elif env.kind == "call":
+            self._settle(out)
+            if data is not None:
+                self._deliver(env, data)
+            else:
+                code = "unreachable" if condition == "forbidden" else "protocol"
+                self.t.answer_now(env.fail(wire_error(code, condition or "error",
+                                                      f"XMPP error: {condition}")))
+        else:
+            why = f"{condition}: {stanzas.error_text(xml)}".rstrip(": ")
+            log.warning("%s: %s %s.%s (%s) refused by %s: %s", self.t.jid, env.kind,
+                        env.service, env.method, env.id, out.target, why)
+            self._settle(out, ProtocolError(f"{env.kind} {env.id} refused: {why}"))
+
+    def _deliver(self, call: Envelope, data: bytes) -> None:
+        try:
+            env = decode(data)
+        except ProtocolError as exc:
+            self.t.stats["malformed"] += 1
+            log.warning("%s: malformed answer: %s", self.t.jid, exc)
+            self.t.answer_now(call.fail(wire_error("protocol", "ProtocolError",
+                                                   f"malformed answer: {exc}")))
+            return
+        if env.kind in ("reply", "error"):
+            env.re = env.re or call.id
+            self.t.answer_now(env)
