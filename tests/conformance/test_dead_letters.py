@@ -75,13 +75,17 @@ async def test_the_dead_letters_command_lists_and_replays(open_bus, url_for):
     await _dead(client, "gate", 1)
     runner = CliRunner()
     url = url_for("cli")
-    listed = runner.invoke(main, ["dead-letters", url, "gate", "--json"])
+
+    def cli(*args: str):      # in a thread: the command blocks, the node serves on this loop
+        return asyncio.to_thread(runner.invoke, main, ["dead-letters", url, "gate", *args])
+
+    listed = await cli("--json")
     assert listed.exit_code == 0, listed.output
     (entry,) = json.loads(listed.output)
     assert (entry["id"], entry["method"], entry["args"], entry["attempts"]) == (sent, "work", [5], 1)
     assert entry["error"]["type"] == "PermissionError"
     gate.open = True
-    replayed = runner.invoke(main, ["dead-letters", url, "gate", "--replay", sent])
+    replayed = await cli("--replay", sent)
     assert replayed.exit_code == 0, replayed.output
     assert "replayed 1" in replayed.output
     await eventually(lambda: gate.done == [5], what="replayed from the command line")
