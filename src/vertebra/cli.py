@@ -267,3 +267,22 @@ def keygen(prefix: str) -> None:
     """Write a CURVE key pair: PREFIX.key (public) and PREFIX.key_secret (mode 0600)."""
     public, secret = _zmq_attr("keygen")(prefix)
     click.echo(f"public key: {public}\nsecret key: {secret}")
+
+
+@main.command()
+@click.argument("url")
+@click.option("--port", default=8080, show_default=True, help="Port to listen on (0: a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (anything but loopback exposes the replay button).")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+def dashboard(url: str, port: int, host: str, interval: float) -> None:
+    """A live web page of the services on URL: figures, outboxes, dead letters with a replay
+    button, workflows in progress (needs vertebra[dashboard])."""
+    try:
+        from .dashboard import run_dashboard
+    except ImportError as exc:
+        raise click.ClickException(f"{exc}; pip install 'vertebra[dashboard]'") from None
+    try:
+        run_dashboard(url, host=host, port=port, interval=interval, announce=click.echo)
+    except (RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
