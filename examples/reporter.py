@@ -24,6 +24,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import make_server
 from wsgiref.util import setup_testing_defaults
 
@@ -72,29 +73,48 @@ def make_app(bus: vertebra.Bus) -> Callable[..., Iterable[bytes]]:
 
     try:
         from flask import Flask, request
+        from werkzeug.exceptions import HTTPException
     except ImportError:                                       # plain WSGI
-        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            path = environ["PATH_INFO"]
-            try:
-                body = order(float(environ.get("QUERY_STRING", "0") or 0)) if path == "/order" else boom()
-                start_response("200 OK", [("Content-Type", "text/plain")])
-            except Exception as exc:
-                report(path, exc)
-                body = "error reported"
-                start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
-            return [body.encode()]
-        return app
+        return wsgi_app(order, boom, report)
 
     flask_app = Flask(__name__)
     flask_app.add_url_rule("/order", view_func=lambda: order(float(request.args.get("amount", 0))))
     flask_app.add_url_rule("/boom", view_func=boom)
 
     @flask_app.errorhandler(Exception)
-    def on_error(exc: Exception) -> tuple[str, int]:
+    def on_error(exc: Exception) -> Any:
+        if isinstance(exc, HTTPException):                    # a 404 is no exception to report
+            return exc
         report(request.path, exc)
         return "error reported", 500
 
     return flask_app
+
+
+def wsgi_app(order: Callable[[float], str], boom: Callable[[], str],
+             report: Callable[[str, Exception], None]) -> Callable[..., Iterable[bytes]]:
+    """The same app without Flask: the standard library's WSGI, by hand."""
+    routes: dict[str, Callable[[dict[str, list[str]]], str]] = {
+        "/order": lambda query: order(float(query.get("amount", ["0"])[0])),
+        "/boom": lambda query: boom(),
+    }
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        route = routes.get(path)
+        if route is None:
+            start_response("404 NOT FOUND", [("Content-Type", "text/plain")])
+            return [b"not found"]
+        try:
+            body = route(parse_qs(environ.get("QUERY_STRING", "")))
+            status = "200 OK"
+        except Exception as exc:
+            report(path, exc)
+            body, status = "error reported", "500 INTERNAL SERVER ERROR"
+        start_response(status, [("Content-Type", "text/plain")])
+        return [body.encode()]
+
+    return app
 
 
 def hit(app: Callable[..., Iterable[bytes]], path: str, query: str) -> str:
@@ -120,6 +140,7 @@ def loadtest(url: str, requests: int) -> None:
     collector = Collector()
     with vertebra.connect(url, outbox_size=500, overflow="drop_oldest", linger=5.0) as bus:
         app = make_app(bus)
+        print("web app:", "Flask" if type(app).__name__ == "Flask" else "plain WSGI (no Flask installed)")
         collector_bus = vertebra.connect(url)
         collector_bus.serve(collector)
         for phase in ("up", "down"):

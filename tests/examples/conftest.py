@@ -23,11 +23,27 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_example(name: str, *args: str, timeout: float = 40.0) -> str:
+# Runs a script as ``python SCRIPT ARGS`` would, with some modules made unimportable (as
+# where they are not installed): ``python -c WITHOUT "mod1,mod2" SCRIPT ARGS...``.
+WITHOUT = """
+import os, runpy, sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None        # `import name` now raises ImportError
+sys.argv = sys.argv[2:]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_example(name: str, *args: str, timeout: float = 40.0, without: tuple[str, ...] = ()) -> str:
     """Run ``examples/NAME`` with ``args``; fail unless it exits 0 within ``timeout``;
-    return its stdout."""
-    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True,
-                          text=True, timeout=timeout, env=_env(), cwd=EXAMPLES.parent)
+    return its stdout.  ``without``: modules that must fail to import in it, as in a
+    virtualenv where they are not installed."""
+    script = [str(EXAMPLES / name), *args]
+    cmd = [sys.executable, "-c", WITHOUT, ",".join(without), *script] if without else \
+        [sys.executable, *script]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
+                          cwd=EXAMPLES.parent)
     assert proc.returncode == 0, f"{name} {args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 

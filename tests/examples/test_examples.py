@@ -88,6 +88,22 @@ def test_weather_amqp(amqp_url: AmqpUrl) -> None:
 
 
 # reporter ------------------------------------------------------------------------------
+# The example uses Flask when it is installed, else a plain WSGI app: both are run, the
+# plain one in a process where `import flask` fails, as in a virtualenv without Flask.
+
+WEB = {
+    "flask": {"without": (), "says": "web app: Flask"},
+    "plain-wsgi": {"without": ("flask",), "says": "web app: plain WSGI"},
+}
+
+
+def run_reporter(web: str, *args: str) -> str:
+    out = run_example("reporter.py", *args, without=WEB[web]["without"])
+    assert WEB[web]["says"] in out, (
+        f"wanted the {web} app, got: {out.splitlines()[0]!r}"
+        + (" (Flask is a test dependency: is it installed?)" if web == "flask" else ""))
+    return out
+
 
 def check_reporter(out: str, requests: int) -> None:
     for phase in ("up", "down"):
@@ -102,19 +118,25 @@ def check_reporter(out: str, requests: int) -> None:
     assert received, out
     assert int(received.group(2)) == 2 * requests
     assert int(received.group(1)) == int(received.group(3)) == 2 * requests - dropped
+    metrics = re.search(r"metrics \{'orders.amount': (\d+)\}, exceptions \{'RuntimeError': (\d+)\}", out)
+    assert metrics, out          # every report is a sale or the one exception /boom raises
+    assert int(metrics.group(1)) + int(metrics.group(2)) == int(received.group(1))
 
 
-def test_reporter_embedded() -> None:
-    check_reporter(run_example("reporter.py", "--requests", "400"), 400)
+@pytest.mark.parametrize("web", WEB)
+def test_reporter_embedded(web: str) -> None:
+    check_reporter(run_reporter(web, "--requests", "400"), 400)
 
 
-def test_reporter_amqp(amqp_url: AmqpUrl) -> None:
-    check_reporter(run_example("reporter.py", "--requests", "400", "--url", amqp_url("collector")), 400)
+@pytest.mark.parametrize("web", WEB)
+def test_reporter_amqp(web: str, amqp_url: AmqpUrl) -> None:
+    check_reporter(run_reporter(web, "--requests", "400", "--url", amqp_url("collector")), 400)
 
 
-def test_reporter_xmpp(xmpp_url: Callable[[str], str]) -> None:
+@pytest.mark.parametrize("web", WEB)
+def test_reporter_xmpp(web: str, xmpp_url: Callable[[str], str]) -> None:
     # no broker: the running app is what holds the reports until the collector is back
-    check_reporter(run_example("reporter.py", "--requests", "400", "--url", xmpp_url("collector")), 400)
+    check_reporter(run_reporter(web, "--requests", "400", "--url", xmpp_url("collector")), 400)
 
 
 # media ---------------------------------------------------------------------------------
