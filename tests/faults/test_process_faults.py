@@ -5,64 +5,22 @@ transport is at-least-once (the items in flight on a killed worker)."""
 
 from __future__ import annotations
 
-import collections
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 import vertebra
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "tests.faults.procs", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-
-def expect_line(proc: subprocess.Popen[str], word: str) -> str:
-    line = proc.stdout.readline()
-    assert line.startswith(word), f"expected {word!r}, got {line!r} (exit {proc.poll()})"
-    return line
-
-
-def items(*files: Path) -> collections.Counter[int]:
-    c: collections.Counter[int] = collections.Counter()
-    for f in files:
-        if f.exists():
-            c.update(int(x) for x in f.read_text().split())
-    return c
-
-
-def wait_for(cond, timeout: float, what: str, progress=lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what} {progress()}"
-        time.sleep(0.05)
-
-
-def require_processes(url_for) -> None:
-    bus = vertebra.connect(url_for("client"))
-    try:
-        if not bus.core.transport.capabilities.multi_process:
-            pytest.skip("capability multi_process=False: buses cannot meet across processes")
-    finally:
-        bus.close()
+from .util import expect_line, items, require_processes, spawn, tally, wait_for
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_worker_killed_mid_task_loses_nothing(url_for, tmp_path):
+def test_worker_killed_mid_task_loses_nothing(url_for, scheme, tmp_path):
     require_processes(url_for)
     a_out, b_out = tmp_path / "a", tmp_path / "b"
-    a = spawn("worker", url_for("faulty"), str(a_out), "0.05")
-    b = spawn("worker", url_for("faulty"), str(b_out), "0.05")
+    a = spawn("procs", "worker", url_for("faulty"), str(a_out), "0.05")
+    b = spawn("procs", "worker", url_for("faulty"), str(b_out), "0.05")
     try:
         expect_line(a, "ready")
         expect_line(b, "ready")
@@ -77,10 +35,9 @@ def test_worker_killed_mid_task_loses_nothing(url_for, tmp_path):
             a.wait(10)
             wait_for(lambda: set(items(a_out, b_out)) >= set(range(200)), 120, "all 200 items")
         seen = items(a_out, b_out)
-        lost = set(range(200)) - set(seen)
+        lost = tally("worker-killed-mid-task", scheme, range(200), seen, sent=200, accepted=200,
+                     extra=f"(worker a killed after {sum(items(a_out).values())} items)")
         duplicates = sum(n - 1 for n in seen.values())
-        print(f"killed worker a after {sum(items(a_out).values())} items; lost={len(lost)} "
-              f"duplicates={duplicates}")
         assert not lost
         assert duplicates <= 4 * 2               # at most what a held unacked (prefetch 4, twice over)
     finally:
@@ -91,30 +48,68 @@ def test_worker_killed_mid_task_loses_nothing(url_for, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_sender_killed_with_a_spool_loses_nothing(url_for, tmp_path):
+def test_sender_killed_with_a_spool_loses_nothing(url_for, scheme, tmp_path):
     require_processes(url_for)
     n = 10_000
     spool, out = tmp_path / "spool.db", tmp_path / "out"
-    sender = spawn("sender", url_for("client"), str(spool), str(n))
+    sender = spawn("procs", "sender", url_for("client"), str(spool), str(n))
     try:
         expect_line(sender, "accepted")          # every cast accepted (spooled) ...
         sender.send_signal(signal.SIGKILL)       # ... and the process dies at once
         sender.wait(10)
     finally:
         sender.kill()
-    again = spawn("flush", url_for("client"), str(spool))   # restarted: it restores the spool
+    again = spawn("procs", "flush", url_for("client"), str(spool))   # restarted: it restores the spool
     restored = int(expect_line(again, "restored").split()[1])
-    worker = spawn("worker", url_for("faulty"), str(out))   # and then the receiver comes up
+    worker = spawn("procs", "worker", url_for("faulty"), str(out))   # and then the receiver comes up
     try:
         expect_line(worker, "ready")
         wait_for(lambda: set(items(out)) >= set(range(n)), 180, f"all {n} items",
                  lambda: f"(got {len(set(items(out)))}; sender exit {again.poll()})")
         assert again.wait(180) == 0                          # the sender flushed and left
         seen = items(out)
-        print(f"restored {restored} from the spool; received {len(seen)} distinct, "
-              f"{sum(seen.values()) - len(seen)} duplicates, lost {n - len(set(seen) & set(range(n)))}")
+        lost = tally("sender-killed-with-spool", scheme, range(n), seen, sent=n, accepted=n,
+                     extra=f"restored={restored}")
+        assert not lost
         assert set(seen) == set(range(n))
     finally:
         for p in (worker, again):
+            p.kill()
+            p.wait(10)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_sender_killed_while_sending_with_a_spool_loses_nothing(url_for, scheme, tmp_path):
+    """The receiver is up and the sender is sending when it is killed -9: the restarted
+    sender sends what its spool still held.  Duplicates are counted, and each must be a
+    message the spool gave back (sent before the kill, not yet struck off the spool)."""
+    require_processes(url_for)
+    n = 10_000
+    spool, out = tmp_path / "spool.db", tmp_path / "out"
+    worker = spawn("procs", "worker", url_for("faulty"), str(out))
+    procs = [worker]
+    try:
+        expect_line(worker, "ready")
+        sender = spawn("procs", "sender", url_for("client"), str(spool), str(n))
+        procs.append(sender)
+        expect_line(sender, "accepted")          # all n spooled, sending under way ...
+        sender.send_signal(signal.SIGKILL)       # ... and the process dies at once
+        sender.wait(10)
+        before = sum(items(out).values())
+        again = spawn("procs", "flush", url_for("client"), str(spool))   # restarted
+        procs.append(again)
+        restored = int(expect_line(again, "restored").split()[1])
+        wait_for(lambda: set(items(out)) >= set(range(n)), 180, f"all {n} items",
+                 lambda: f"(got {len(set(items(out)))}; restored {restored}; sender exit {again.poll()})")
+        assert again.wait(180) == 0                          # the sender flushed and left
+        seen = items(out)
+        duplicates = sum(seen.values()) - len(seen)
+        lost = tally("sender-killed-while-sending", scheme, range(n), seen, sent=n, accepted=n,
+                     extra=f"restored={restored} arrived-before-restart={before}")
+        assert not lost
+        assert duplicates <= restored, f"{duplicates} duplicates, but the spool gave back only {restored}"
+    finally:
+        for p in procs:
             p.kill()
             p.wait(10)
