@@ -4,6 +4,11 @@ Python 3.12 calls this an eager task.  Most handlers of a small call finish with
 waiting, and each task creation costs a trip round the event loop; starting them eagerly
 removes that trip.  When the coroutine does wait, the rest of it runs in a Task exactly as
 if it had been created with ``asyncio.create_task``.
+
+On 3.12 and later this is the standard library's own ``asyncio.Task(eager_start=True)``
+(one task, not a global task factory, so the application's other tasks keep their usual
+scheduling).  The hand-driven start below exists only for 3.11, which vertebra supports
+(``requires-python >= 3.11``) and which is the one CPython on the machines CI runs on.
 """
 
 from __future__ import annotations

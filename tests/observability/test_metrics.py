@@ -46,8 +46,15 @@ def test_metrics_endpoint_exposes_handler_and_outbox_figures():
     assert 'vertebra_handler_calls_total{method="buy",service="shop"} 4.0' in lines
     assert 'vertebra_handler_errors_total{method="buy",service="shop"} 1.0' in lines
     assert 'vertebra_handler_in_flight{method="buy",service="shop"} 0.0' in lines
-    p99 = 'vertebra_handler_latency_seconds{method="buy",quantile="0.99",service="shop"}'
-    assert any(line.startswith(p99) for line in lines)
+    assert 'vertebra_handler_latency_seconds_count{method="buy",service="shop"} 4.0' in lines
+    assert 'vertebra_handler_latency_seconds_bucket{le="+Inf",method="buy",service="shop"} 4.0' in lines
+    buckets = sorted((float(line.split('le="')[1].split('"')[0]), float(line.rsplit(" ", 1)[1]))
+                     for line in lines if line.startswith("vertebra_handler_latency_seconds_bucket{")
+                     and 'method="buy"' in line and "+Inf" not in line)
+    assert len(buckets) == 16
+    assert [n for _, n in buckets] == sorted(n for _, n in buckets)     # cumulative
+    assert any(line.startswith('vertebra_handler_latency_seconds_sum{method="buy",service="shop"}')
+               for line in lines)
     assert 'vertebra_outbox_events_total{outcome="sent"} 1.0' in lines
     assert 'vertebra_outbox_messages{state="queued"} 0.0' in lines
 

@@ -7,7 +7,7 @@ Prometheus conventions (``_total`` counters, base units: seconds)::
     vertebra_handler_calls_total{service,method}        runs of each entry point
     vertebra_handler_errors_total{service,method}       runs that raised
     vertebra_handler_in_flight{service,method}          running now
-    vertebra_handler_latency_seconds{service,method,quantile="0.5"|"0.99"}  recent window
+    vertebra_handler_latency_seconds{service,method}     histogram (_bucket{le}, _sum, _count)
     vertebra_outbox_messages{state="queued"}            waiting to be sent
     vertebra_outbox_events_total{outcome=...}           accepted, sent, dropped, expired, retries, failed
     vertebra_transport_events_total{transport,event}    reconnects, malformed input, ...
@@ -15,12 +15,22 @@ Prometheus conventions (``_total`` counters, base units: seconds)::
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import start_http_server
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    REGISTRY,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from .runtime import NodeRuntime
+from .stats import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from ..dispatch.bus import AsyncBus
@@ -40,17 +50,21 @@ class BusCollector(Collector):
         calls = CounterMetricFamily("vertebra_handler_calls", "Handler runs.", labels=labels)
         errors = CounterMetricFamily("vertebra_handler_errors", "Handler runs that raised.", labels=labels)
         in_flight = GaugeMetricFamily("vertebra_handler_in_flight", "Handlers running now.", labels=labels)
-        latency = GaugeMetricFamily("vertebra_handler_latency_seconds",
-                                    "Handler latency over the recent window.", labels=[*labels, "quantile"])
+        latency = HistogramMetricFamily("vertebra_handler_latency_seconds",
+                                        "Handler run time (a histogram: add it up across replicas).",
+                                        labels=labels)
         for rt in self.bus.runtimes:
-            stats: dict[str, Any] = rt.stats()
-            for method, m in stats["methods"].items():
-                key = [stats["service"], method]
-                calls.add_metric(key, m["calls"])
-                errors.add_metric(key, m["errors"])
-                in_flight.add_metric(key, m["in_flight"])
-                latency.add_metric([*key, "0.5"], m["p50_ms"] / 1000)
-                latency.add_metric([*key, "0.99"], m["p99_ms"] / 1000)
+            if not isinstance(rt, NodeRuntime):
+                continue
+            service = rt.info.name
+            for method, m in sorted(rt.methods.items()):
+                key = [service, method]
+                calls.add_metric(key, m.calls)
+                errors.add_metric(key, m.errors)
+                in_flight.add_metric(key, m.in_flight)
+                cumulative = list(itertools.accumulate(m.buckets))
+                bounds = [*map(repr, LATENCY_BUCKETS), "+Inf"]
+                latency.add_metric(key, list(zip(bounds, cumulative, strict=True)), sum_value=m.latency_sum)
         yield from (calls, errors, in_flight, latency)
         bus_stats = self.bus.stats()
         outbox = bus_stats["outbox"]

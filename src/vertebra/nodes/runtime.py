@@ -183,7 +183,7 @@ class NodeRuntime:
                     return
                 finally:
                     stats.in_flight -= 1
-                    stats.latencies.append(time.perf_counter() - started)
+                    stats.record(time.perf_counter() - started)
             if SLIP_HEADER in env.headers:
                 await self._forward(env, result)
             if is_call:
@@ -303,7 +303,7 @@ class NodeRuntime:
                               extra=fields(env, self.info.name))
             finally:
                 stats.in_flight -= 1
-                stats.latencies.append(time.perf_counter() - started)
+                stats.record(time.perf_counter() - started)
 
     # -- schedules ------------------------------------------------------------------------
 
@@ -323,7 +323,7 @@ class NodeRuntime:
             stats.errors += 1
             raise
         finally:
-            stats.latencies.append(time.perf_counter() - started)
+            stats.record(time.perf_counter() - started)
 
     # -- introspection --------------------------------------------------------------------
 
