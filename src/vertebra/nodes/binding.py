@@ -1,5 +1,9 @@
 """Binding wire arguments to a handler: the signature is checked before dispatch, and
-maps become dataclasses or pydantic models where the handler is annotated with them."""
+maps become dataclasses or pydantic models where the handler is annotated with them.
+
+The same signature and hints describe the handler to the world: :func:`method_info`
+builds the :class:`~vertebra.wire.info.MethodInfo` a node announces, with the JSON
+Schemas of its arguments and result (:mod:`vertebra.wire.schema`)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,10 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Binder"]
+from ..wire.info import MethodInfo
+from ..wire.schema import json_schema, params_schema, result_schema
+
+__all__ = ["Binder", "method_info"]
 
 
 def _converter(annotation: Any) -> Callable[[Any], Any] | None:
@@ -40,6 +47,7 @@ class Binder:
             hints = typing.get_type_hints(func)
         except Exception:  # unresolvable string annotations: no conversion, still callable
             hints = {}
+        self.hints: dict[str, Any] = hints
         self.converters = {p.name: c for p in params
                            if (c := _converter(hints.get(p.name))) is not None}
         # Fast path: plain positional parameters called positionally need no bind().
@@ -59,3 +67,33 @@ class Binder:
                 if name in bound.arguments:
                     bound.arguments[name] = convert(bound.arguments[name])
         return bound.args, bound.kwargs
+
+    def params_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the envelope's ``args``/``kwargs`` that bind to this handler."""
+        return params_schema(self.signature, self.hints)
+
+    def result_schema(self) -> dict[str, Any]:
+        """The JSON Schema of this handler's result."""
+        return result_schema(self.signature, self.hints)
+
+    def payload_schema(self) -> dict[str, Any]:
+        """For an event handler ``(topic, payload)``: the JSON Schema of the payload."""
+        params = list(self.signature.parameters.values())
+        if len(params) < 2:
+            return {}
+        return json_schema(self.hints.get(params[1].name, params[1].annotation))
+
+
+def method_info(binder: Binder, name: str, kind: str, doc: str = "", pattern: str = "") -> MethodInfo:
+    """The description a node announces for one entry point (what ``bus.nodes()`` shows):
+    its signature as text and, by kind, the schemas of its arguments and result ("rpc"),
+    of its arguments ("task"), of its payload ("event"), none ("schedule")."""
+    params: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    if kind in ("rpc", "task"):
+        params = binder.params_schema()
+        if kind == "rpc":
+            result = binder.result_schema()
+    elif kind == "event":
+        params = binder.payload_schema()
+    return MethodInfo(name, kind, str(binder.signature), doc, pattern, params, result)

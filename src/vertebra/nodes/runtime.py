@@ -34,8 +34,8 @@ from ..transports.base import Incoming
 from ..wire.deadletter import attempt_of, with_attempt
 from ..wire.envelope import Envelope
 from ..wire.errors import ProtocolError, error_to_wire, wire_error
-from ..wire.info import MethodInfo, ServiceInfo
-from .binding import Binder
+from ..wire.info import ServiceInfo
+from .binding import Binder, method_info
 from .decorators import ENTRYPOINT_ATTR, Entrypoint
 from .dedup import Dedup
 from .pool import ElasticPool
@@ -95,8 +95,8 @@ class NodeRuntime:
         everything = [*self.handlers.values(), *self.scheduled.values(),
                       *(x for hs in self.events.values() for x in hs)]
         methods = tuple(
-            MethodInfo(h.name, h.entry.kind, str(h.binder.signature), inspect.getdoc(h.func) or "",
-                       h.entry.pattern or _when(h.entry))
+            method_info(h.binder, h.name, h.entry.kind, inspect.getdoc(h.func) or "",
+                        h.entry.pattern or _when(h.entry))
             for h in sorted(everything, key=lambda h: h.name))
         own_doc = cls.__dict__.get("__doc__")   # never a base class's (Node's own) docstring
         self.info = ServiceInfo(cls.name, methods, inspect.cleandoc(own_doc) if own_doc else "", 1,
