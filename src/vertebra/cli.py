@@ -137,6 +137,40 @@ def nodes(url: str | None, as_json: bool, signatures: bool) -> None:
     click.echo(json.dumps(snap.to_json(), indent=2) if as_json else plain_table(snap))
 
 
+@main.command()
+@click.argument("nodes", nargs=-1)
+@click.option("--url", "urls", multiple=True,
+              help="A transport whose channels to describe (repeat for several); without NODES the "
+                   "services are discovered on the first. Default: $VERTEBRA_URL or the embedded default.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="-", show_default=True,
+              help="The file to write.")
+@click.option("--title", default="vertebra services", show_default=True, help="info.title")
+@click.option("--api-version", default="1.0.0", show_default=True, help="info.version")
+def asyncapi(nodes: tuple[str, ...], urls: tuple[str, ...], output: str, title: str,
+             api_version: str) -> None:
+    """Write an AsyncAPI 3.0 document (JSON) of NODES (each module:Class, read from their
+    code) or, without NODES, of the services live on --url (from discovery)."""
+    from . import connect
+    from .asyncapi import asyncapi_document
+
+    urls = urls or (default_url(),)
+    services: list[Any]
+    if nodes:
+        services = [_load(spec) for spec in nodes]
+    else:
+        with connect(urls[0]) as bus:
+            services = list(bus.nodes())
+        if not services:
+            raise click.ClickException(f"no services on {urls[0]}")
+    doc = asyncapi_document(services, list(urls), title=title, version=api_version)
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
 @main.command("dead-letters")
 @click.argument("url")
 @click.argument("service")
