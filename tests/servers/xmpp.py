@@ -7,8 +7,10 @@ Configuration (as the shared recipes found necessary): ``run_as_root = true``, n
 loopback stream, a MUC component (``muc.localhost``, rooms unlocked at once), ``mod_pep``
 with ``pep_max_items = 10000`` (dead letters live in PEP nodes of the service accounts,
 see src/vertebra/transports/xmpp/deadletters.py), a PubSub component and an
-external-component port.  ``running_tls`` starts a variant that also
-offers STARTTLS with a self-signed certificate for ``localhost``.
+external-component port for ``nodes.localhost`` (secret ``secret``): the gateway that gives
+every service the stable address ``SERVICE@nodes.localhost``
+(src/vertebra/transports/xmpp/gateway.py; ``Server.gateway_params()``).  ``running_tls``
+starts a variant that also offers STARTTLS with a self-signed certificate for ``localhost``.
 
 Isolation: every test gets a directory room of its own (``?room=vt-<test id>``); accounts
 are per role (``<role>@localhost``, registered once per session with ``prosodyctl
@@ -33,6 +35,8 @@ from pathlib import Path
 
 DOMAIN = "localhost"
 PASSWORD = "pw"
+GATEWAY = f"nodes.{DOMAIN}"
+GATEWAY_SECRET = "secret"
 
 
 def _free_port() -> int:
@@ -98,8 +102,8 @@ Component "muc.{DOMAIN}" "muc"
 Component "pubsub.{DOMAIN}" "pubsub"
     autocreate_on_publish = true
 
-Component "nodes.{DOMAIN}"
-    component_secret = "secret"
+Component "{GATEWAY}"
+    component_secret = "{GATEWAY_SECRET}"
 """
     return text
 
@@ -185,6 +189,11 @@ class Server:
         query = {"domain": DOMAIN, "tls": "0", "muc": f"muc.{DOMAIN}", "room": room, **params}
         return (f"xmpp://{user}:{PASSWORD}@127.0.0.1:{self.port}?"
                 + "&".join(f"{k}={v}" for k, v in query.items()))
+
+    def gateway_params(self) -> dict[str, str]:
+        """URL parameters that make a bus take part in holding the gateway ``GATEWAY``."""
+        return {"gateway": GATEWAY, "gateway_secret": GATEWAY_SECRET,
+                "gateway_port": str(self.cport)}
 
     @contextlib.contextmanager
     def namespace(self, test_id: str) -> Iterator[Callable[[str], str]]:

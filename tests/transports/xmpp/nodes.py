@@ -32,6 +32,11 @@ class Calc(Node):
         raise ValueError(message)
 
     @rpc
+    def typo(self, value: Any) -> None:
+        """Raise a TypeError of the handler's own (not an argument mismatch)."""
+        raise TypeError(f"the handler itself raised on {value!r}")
+
+    @rpc
     async def slow(self, value: Any, delay: float) -> Any:
         """Return value after ``delay`` seconds."""
         await asyncio.sleep(delay)

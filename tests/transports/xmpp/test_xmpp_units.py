@@ -82,3 +82,93 @@ def test_delivery_keys_tell_attempts_and_replays_apart():
     replayed.headers[REPLAY_HEADER] = "r1"
     keys = {delivery_key(env), delivery_key(second), delivery_key(replayed)}
     assert len(keys) == 3 and delivery_key(with_attempt(second, 1)) == delivery_key(env)
+
+
+def test_arguments_fit_the_announced_signature():
+    fits = jabber_rpc.fits
+    assert fits("(a: int, b: int) -> int", 2)
+    assert not fits("(a: int, b: int) -> int", 1) and not fits("(a: int, b: int) -> int", 3)
+    assert fits("(a, b=2)", 1) and fits("(a, b=2)", 2) and not fits("(a, b=2)", 3)
+    assert fits("(*items: str) -> None", 0) and fits("(a, *rest)", 5) and not fits("(a, *rest)", 0)
+    assert not fits("(a, *, key)", 1)                 # a keyword-only argument XML-RPC cannot pass
+    assert fits("(a, *, key=1)", 1) and fits("(a, /, b)", 2)
+    assert fits("", 7) and fits("(x=<object object at 0x7f>)", 3)   # unreadable: no opinion
+
+
+def test_fault_codes_for_wire_errors():
+    code = jabber_rpc.fault_code
+    assert code({"code": "unreachable", "type": "Unreachable"}) == 404
+    assert code({"code": "protocol", "type": "ProtocolError"}) == 400
+    assert code({"code": "remote", "type": "TypeError", "bad_arguments": True}) == 400
+    assert code({"code": "remote", "type": "TypeError"}) == 500    # the handler's own TypeError
+    assert code({"code": "remote", "type": "ValueError"}) == 500
+    fault = ET.fromstring(jabber_rpc.fault_of({"code": "remote", "type": "KeyError",
+                                               "message": "x"}))
+    assert "KeyError: x" in ET.tostring(fault, encoding="unicode")
+
+
+def test_the_codec_of_an_envelope_is_told_by_its_first_byte():
+    from vertebra.transports.xmpp.inflight import codec_of
+
+    assert codec_of(b'{"v":1}').name == "json"
+    assert codec_of(b' \n{"v":1}').name == "json"
+    assert codec_of(b"\x87\xa1v\x01").name == "msgpack"
+    assert codec_of(b"\xde\x00\x10").name == "msgpack"
+
+
+def test_gateway_options():
+    o = parse_url("xmpp://a:pw@h?gateway=nodes.example.org&gateway_secret=s", 100)
+    assert (o.gateway, o.gateway_secret, o.gateway_host, o.gateway_port) == \
+        ("nodes.example.org", "s", "h", 5347)
+    assert parse_url("xmpp://a:pw@h", 100).gateway == ""
+    with pytest.raises(ValueError, match="gateway_secret"):
+        parse_url("xmpp://a:pw@h?gateway=nodes.example.org", 100)
+    with pytest.raises(ValueError, match="component domain"):
+        parse_url("xmpp://a:pw@h?gateway=calc@nodes.example.org&gateway_secret=s", 100)
+
+
+def test_presence_node_carries_the_gateway_and_errors_have_env_first():
+    node = ET.fromstring(f"<presence xmlns='jabber:client'>"
+                         f"{stanzas.presence_node('a@b/c', 2, [], 'nodes.b')}</presence>")
+    assert stanzas.node_of(node) == ("a@b/c", 2, [], "nodes.b")
+    iq = ET.fromstring(stanzas.error_iq("x@y", "1", "item-not-found", inner="<env xmlns="
+                                        "'urn:vertebra:envelope:1'>e30=</env>", frm="s@gw"))
+    assert [c.tag.rpartition("}")[2] for c in iq] == ["env", "error"]
+    assert iq.get("from") == "s@gw"
+
+
+async def test_a_component_stream_tells_conflict_from_a_wrong_secret():
+    import asyncio
+
+    from vertebra.transports.xmpp.component import ComponentStream, Refused, Taken
+
+    async def fake_server(answer: bytes) -> int:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1000)
+            writer.write(b"<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept'"
+                         b" xmlns:stream='http://etherx.jabber.org/streams' id='abc'>")
+            await reader.read(1000)
+            writer.write(answer)
+            await writer.drain()
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    servers: list[asyncio.Server] = []
+    cases = [(b"<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+              b"</stream:error></stream:stream>", Taken),
+             (b"<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+              b"</stream:error></stream:stream>", Refused)]
+    for answer, exc in cases:
+        stream = ComponentStream("gw", "s", "127.0.0.1", await fake_server(answer), print)
+        with pytest.raises(exc):
+            await stream.open(5)
+    got: list[str] = []
+    stream = ComponentStream("gw", "s", "127.0.0.1", await fake_server(
+        b"<handshake/><iq type='get' id='1' from='x@y' to='gw'><ping xmlns='urn:xmpp:ping'/></iq>"
+        b"</stream:stream>"), lambda el: got.append(el.get("id", "")))
+    await stream.open(5)
+    assert "ended" in await stream.run()
+    assert got == ["1"]
+    for server in servers:
+        server.close()

@@ -18,7 +18,7 @@ owns its nodes, and the replicas of a service are the resources of its account(s
 * list: the items of that node in every account known to serve the service (live
   replicas', those seen earlier, and ``<service>@<domain>``), oldest first;
 * replay: each chosen letter is sent again as a first attempt (with a ``replay`` token,
-  :data:`.outgoing.REPLAY_HEADER`) to a live replica, then removed: retracted when the node
+  :data:`.inflight.REPLAY_HEADER`) to a live replica, then removed: retracted when the node
   is ours, else overwritten with a ``<replayed/>`` tombstone (only an owner may retract;
   listing skips tombstones and the owner retracts them when it lists).  ``replay`` returns
   once the tasks are with a replica; the replaying bus keeps them (re-routes them if that
@@ -42,7 +42,7 @@ from ...wire.codec import decode
 from ...wire.deadletter import DEAD_ERROR_HEADER, DeadLetter
 from ...wire.envelope import Envelope
 from ...wire.errors import ProtocolError
-from .outgoing import REPLAY_HEADER, Out
+from .inflight import REPLAY_HEADER, Out
 from .stanzas import NS_PUBSUB, IqError
 
 if TYPE_CHECKING:

@@ -11,6 +11,10 @@ that routing needs:
   a reconnect: "no replica" is not known for sure yet);
 * which accounts (bare JIDs) served a service: where its dead letters are kept
   (:mod:`.deadletters`).
+
+The bus holding the network's gateway (:mod:`.gateway`) says so in its ``<node/>``
+(``gateway='DOMAIN'``); when it leaves, the other buses that may hold it try at once, and
+discovery shows each service's stable address ``S@DOMAIN`` in ``extra["jid"]``.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Peer:
     jid: str
     load: int
     services: dict[str, dict[str, Any]]
+    gateway: str = ""
 
 
 class Directory:
@@ -94,7 +99,9 @@ class Directory:
     def send_presence(self, join: bool = False) -> None:
         """Announce our services and load (joining the room when ``join``)."""
         muc = f"<x xmlns='{stanzas.NS_MUC}'><history maxstanzas='0'/></x>" if join else ""
-        node = stanzas.presence_node(self.t.jid, self.t.serving.load(), self.t.serving.infos())
+        gw = self.t.gateway
+        node = stanzas.presence_node(self.t.jid, self.t.serving.load(), self.t.serving.infos(),
+                                     gw.domain if gw.holding else "")
         self.t.send_xml(f"<presence to='{self.room}/{escape(self.t.nick)}'>{muc}{node}</presence>")
 
     def presence_soon(self) -> None:
@@ -130,11 +137,14 @@ class Directory:
             return
         node = stanzas.node_of(xml)
         if node is not None:
-            jid, load, services = node
+            jid, load, services, gateway = node
             old = self.peers.get(nick)
-            peer = self.peers[nick] = Peer(jid, load, {str(s.get("name")): s for s in services})
+            peer = self.peers[nick] = Peer(jid, load, {str(s.get("name")): s for s in services},
+                                           gateway)
             if old is not None and old.jid != jid:
                 self._left(old)
+            elif old is not None and old.gateway and not gateway:
+                self.t.gateway.wake()           # its holder let the gateway go
             bare = jid.split("/", 1)[0]
             for name in peer.services:
                 self.accounts[name].add(bare)
@@ -150,12 +160,15 @@ class Directory:
                 self._fresh[name] = until
             self._known.clear()
             self.t.outgoing.rejoined()
+            self.t.gateway.wake()
 
     def _left(self, peer: Peer) -> None:
         until = time.monotonic() + self.t.opts.grace
         for name in peer.services:
             self._fresh[name] = until
         self.t.outgoing.target_gone(peer.jid)
+        if peer.gateway:
+            self.t.gateway.wake()               # its holder is gone: somebody take it
 
     # -- questions routing asks -------------------------------------------------------------
 
@@ -187,6 +200,18 @@ class Directory:
         """Whether ``service`` had a replica within the last ``grace`` seconds (see above)."""
         return time.monotonic() < self._fresh.get(service, 0.0)
 
+    def service(self, name: str) -> ServiceInfo | None:
+        """How a live replica of ``name`` describes it (None: no replica now)."""
+        for peer in self.peers.values():
+            d = peer.services.get(name)
+            if d is not None:
+                return ServiceInfo.from_dict(d)
+        return None
+
+    def gateway(self) -> str:
+        """The gateway domain some bus in the room holds ("" when none does)."""
+        return next((p.gateway for p in self.peers.values() if p.gateway), "")
+
     def discover(self) -> list[ServiceInfo]:
         """Services announced in the room, replicas counted."""
         found: dict[str, tuple[dict[str, Any], int]] = {}
@@ -195,7 +220,9 @@ class Directory:
                 first, n = found.get(name, (d, 0))
                 found[name] = (first, n + 1)
         out = []
+        gateway = self.gateway()
         for name, (d, n) in found.items():
             info = ServiceInfo.from_dict(d)
-            out.append(ServiceInfo(name, info.methods, info.doc, n, self.t.scheme, info.extra))
+            extra = {**info.extra, "jid": f"{name}@{gateway}"} if gateway else info.extra
+            out.append(ServiceInfo(name, info.methods, info.doc, n, self.t.scheme, extra))
         return out

@@ -7,6 +7,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ...wire.codec import Codec
 from ...wire.envelope import Envelope
 from ...wire.info import ServiceInfo
 from ..base import Handler, Incoming
@@ -27,21 +28,23 @@ class Served:
     prefetch: int
     active: bool = True
     running: int = 0
-    held: collections.deque[tuple[Envelope, str, str]] = field(default_factory=collections.deque)
+    held: collections.deque[tuple[Envelope, str, str, Codec]] = field(
+        default_factory=collections.deque)
 
 
 class XmppIncoming(Incoming):
-    """A call, cast or task received in an IQ set; answered by an IQ result or error."""
+    """A call, cast or task received in an IQ set; answered by an IQ result or error,
+    in the codec the call came in."""
 
-    __slots__ = ("_served", "_settled", "_t")
+    __slots__ = ("_codec", "_served", "_settled", "_t")
 
-    def __init__(self, t: XmppTransport, served: Served, env: Envelope) -> None:
+    def __init__(self, t: XmppTransport, served: Served, env: Envelope, codec: Codec) -> None:
         super().__init__(env)
-        self._t, self._served, self._settled = t, served, False
+        self._t, self._served, self._settled, self._codec = t, served, False, codec
 
     async def reply(self, answer: Envelope) -> None:
         """Answer the call: the reply goes in the IQ result (an error in an IQ error)."""
-        self._t.serving.answer(self.envelope, answer)
+        self._t.serving.answer(self.envelope, answer, self._codec)
 
     async def ack(self) -> None:
         """Done: acknowledge a cast/task with an empty IQ result."""
@@ -75,9 +78,7 @@ class RpcIncoming(Incoming):
             except ValueError as exc:
                 inner = jabber_rpc.fault(500, f"result not representable in XML-RPC: {exc}")
         else:
-            err = answer.error or {}
-            inner = jabber_rpc.fault(400 if err.get("code") == "protocol" else 500,
-                                     f"{err.get('type', 'Error')}: {err.get('message', '')}")
+            inner = jabber_rpc.fault_of(answer.error or {})
         self._t.send_xml(stanzas.result_iq(self._to, self._sid, inner))
 
     async def ack(self) -> None:

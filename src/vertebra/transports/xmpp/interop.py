@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 from ...eager import start_eagerly
 from ...wire.envelope import Envelope
@@ -20,7 +20,7 @@ from .stanzas import NS_ENV, NS_RPC
 if TYPE_CHECKING:
     from .serving import Serving
 
-__all__ = ["disco_info", "disco_items", "on_rpc"]
+__all__ = ["bad_arguments", "disco_info", "disco_items", "on_rpc"]
 
 
 def on_rpc(serving: Serving, query: ET.Element, frm: str, sid: str) -> None:
@@ -44,18 +44,29 @@ def on_rpc(serving: Serving, query: ET.Element, frm: str, sid: str) -> None:
     if served is None:
         t.send_xml(stanzas.result_iq(frm, sid, jabber_rpc.fault(404, f"no method {name!r} here")))
         return
+    signature = m.signature if (m := served.info.method(method)) is not None else ""
+    if not jabber_rpc.fits(signature, len(args)):
+        t.send_xml(stanzas.result_iq(frm, sid, bad_arguments(f"{served.info.name}.{method}",
+                                                             signature, len(args))))
+        return
     env = Envelope("call", service=served.info.name, method=method, args=args,
                    reply_to=frm, deadline=time.time() + 60)
     served.running += 1
     start_eagerly(serving.run(served, RpcIncoming(t, served, env, frm, sid)), t.tasks)
 
 
-def disco_info() -> str:
+def bad_arguments(name: str, signature: str, count: int) -> str:
+    """The fault 400 for ``count`` arguments that cannot bind to ``name`` + ``signature``."""
+    return jabber_rpc.fault(400, f"TypeError: {name}{signature} cannot take {count} "
+                                 f"positional argument(s)")
+
+
+def disco_info(name: str = "vertebra") -> str:
     """The disco#info query: identity automation/rpc and the features answered."""
     feats = [stanzas.NS_DISCO_INFO, stanzas.NS_DISCO_ITEMS, NS_RPC, NS_ENV, stanzas.NS_PING]
     body = "".join(f"<feature var='{f}'/>" for f in feats)
     return (f"<query xmlns='{stanzas.NS_DISCO_INFO}'><identity category='automation' "
-            f"type='rpc' name='vertebra'/>{body}</query>")
+            f"type='rpc' name={quoteattr(name)}/>{body}</query>")
 
 
 def disco_items(serving: Serving) -> str:

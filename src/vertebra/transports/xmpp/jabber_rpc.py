@@ -3,17 +3,23 @@
 Types: ``int``/``i4`` <-> int, ``boolean`` <-> bool, ``string`` (or an untyped value) <->
 str, ``double`` <-> float, ``base64`` <-> bytes, ``dateTime.iso8601`` -> str (as sent),
 ``array`` <-> list/tuple, ``struct`` <-> dict (string keys), ``nil`` <-> None.
+
+Faults: ``faultCode`` 404 no such method, 400 bad arguments (they cannot bind to the
+method's announced signature, checked before the call: :func:`fits`; or the node's error
+object says ``bad_arguments``), 500 the method raised (:func:`fault_code`).
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import math
 import xml.etree.ElementTree as ET
 from typing import Any
 from xml.sax.saxutils import escape
 
-__all__ = ["RpcError", "fault", "parse_call", "response", "to_xml", "from_xml"]
+__all__ = ["RpcError", "fault", "fault_code", "fault_of", "fits", "from_xml", "parse_call",
+           "response", "to_xml"]
 
 _Q = "{jabber:iq:rpc}"
 MAX_DEPTH = 64
@@ -124,3 +130,35 @@ def fault(code: int, message: str) -> str:
     """The ``<query/>`` answering a call with a fault."""
     body = to_xml({"faultCode": code, "faultString": message})
     return f"<query xmlns='jabber:iq:rpc'><methodResponse><fault>{body}</fault></methodResponse></query>"
+
+
+def fits(signature: str, count: int) -> bool:
+    """Whether ``count`` positional arguments bind to a method announced with ``signature``
+    (a ServiceInfo method's text, e.g. ``"(a: int, b: int = 0) -> int"``); True when the
+    text cannot be read (the node will tell)."""
+    try:
+        fn = ast.parse(f"def f{signature}: pass").body[0]
+    except Exception:   # not Python syntax (a foreign node's text): no opinion
+        return True
+    if not isinstance(fn, ast.FunctionDef):
+        return True
+    a = fn.args
+    positional = len(a.posonlyargs) + len(a.args)
+    if any(d is None for d in a.kw_defaults):
+        return False    # a keyword-only parameter without a default: XML-RPC cannot pass it
+    return positional - len(a.defaults) <= count and (a.vararg is not None or count <= positional)
+
+
+def fault_code(error: dict[str, Any]) -> int:
+    """The ``faultCode`` for a wire error object: 404 no such method (code unreachable),
+    400 bad arguments (code protocol, or ``bad_arguments`` set), else 500."""
+    if error.get("code") == "unreachable":
+        return 404
+    if error.get("code") == "protocol" or error.get("bad_arguments") is True:
+        return 400
+    return 500
+
+
+def fault_of(error: dict[str, Any]) -> str:
+    """The fault ``<query/>`` answering a call that failed with the wire error ``error``."""
+    return fault(fault_code(error), f"{error.get('type', 'Error')}: {error.get('message', '')}")

@@ -34,6 +34,12 @@ class XmppOptions:
     """Seconds one ``send()`` of a cast or task waits for the acknowledgement."""
     max_redeliveries: int
     """A task whose replica vanished holding it this many times is buried (``WorkerLost``)."""
+    gateway: str = ""
+    """The XEP-0114 component domain this bus may hold as the network's gateway ("" none):
+    service ``S`` is then reachable at ``S@gateway`` (:mod:`.gateway`)."""
+    gateway_secret: str = ""
+    gateway_host: str = ""
+    gateway_port: int = 5347
 
     @property
     def bare(self) -> str:
@@ -57,6 +63,13 @@ def parse_url(url: str, default_max: int) -> XmppOptions:
                          "(@task(max_attempts=...)); see docs/transports/xmpp.md")
     domain = q.get("domain", parts.hostname)
     allow = frozenset(j.strip().lower() for j in q.get("allow", "").split(",") if j.strip())
+    gateway = q.get("gateway", "").strip().lower()
+    if gateway and ("@" in gateway or "/" in gateway):
+        raise ValueError(f"xmpp: ?gateway= is a component domain such as nodes.{domain}, "
+                         f"not {gateway!r}")
+    if gateway and not q.get("gateway_secret"):
+        raise ValueError("xmpp: ?gateway= needs ?gateway_secret= (the component's secret "
+                         "in the server's configuration)")
     return XmppOptions(
         user=unquote(parts.username), password=unquote(parts.password or ""),
         host=parts.hostname, port=parts.port or 5222, domain=domain,
@@ -67,4 +80,7 @@ def parse_url(url: str, default_max: int) -> XmppOptions:
         max_size=int(q.get("max_size", default_max)),
         grace=max(0.0, float(q.get("grace", 3.0))),
         ack_wait=max(0.01, float(q.get("ack_wait", 30.0))),
-        max_redeliveries=max(1, int(q.get("max_redeliveries", 10))))
+        max_redeliveries=max(1, int(q.get("max_redeliveries", 10))),
+        gateway=gateway, gateway_secret=q.get("gateway_secret", ""),
+        gateway_host=q.get("gateway_host", parts.hostname),
+        gateway_port=int(q.get("gateway_port", 5347)))

@@ -23,6 +23,9 @@ after its handler finished) only the sender has it.  So:
 Calls share the table: sent at once (``send`` returns), answered through ``on_answer``;
 no replica: ``Unreachable`` at once unless the service was live a moment ago
 (:meth:`Directory.recently_live`), then it waits ``grace`` seconds for one.
+
+Forwarded messages (the gateway, :mod:`.gateway`) share it too: routed the same way, but
+their answer (or this transport's own failure) goes to their :data:`.inflight.Sink`.
 """
 
 from __future__ import annotations
@@ -36,14 +39,14 @@ import logging
 import os
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...wire.codec import decode
-from ...wire.deadletter import DEAD_ERROR_HEADER, attempt_of
+from ...wire.deadletter import DEAD_ERROR_HEADER
 from ...wire.envelope import Envelope
 from ...wire.errors import ProtocolError, Unreachable, wire_error
 from . import stanzas
+from .inflight import REPLAY_HEADER, Out, Sink, delivery_key
 
 if TYPE_CHECKING:
     from .transport import XmppTransport
@@ -52,34 +55,8 @@ __all__ = ["REPLAY_HEADER", "Out", "Outgoing", "delivery_key"]
 
 log = logging.getLogger("vertebra.transports.xmpp")
 
-REPLAY_HEADER = "replay"
-"""Set (to a random token) on a replayed dead letter, so that duplicate suppression, which
-knows messages by id and attempt, tells the replay from the attempt it repeats."""
-
 _GONE = frozenset({"service-unavailable", "recipient-unavailable", "item-not-found",
                    "remote-server-not-found", "gone", "redirect"})
-
-
-def delivery_key(env: Envelope) -> str:
-    """What duplicate suppression knows a message by: id, attempt and replay token."""
-    return f"{env.id}#{attempt_of(env)}#{env.headers.get(REPLAY_HEADER, '')}"
-
-
-@dataclass(slots=True, eq=False)
-class Out:
-    """A call, cast or task sent and not answered or acknowledged yet."""
-
-    env: Envelope
-    data: bytes
-    key: str
-    owned: bool = False        # no send() behind it: only the transport keeps it
-    target: str = ""
-    sid: str = ""
-    gone: set[str] = field(default_factory=set)
-    parked_at: float = 0.0     # monotonic time it began to wait for a replica; 0: it is not
-    lost: int = 0              # replicas that vanished holding it
-    transmissions: int = 0
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
 
 class Outgoing:
@@ -136,6 +113,22 @@ class Outgoing:
         self._route(out)
         return out
 
+    def forward(self, env: Envelope, data: bytes, key: str, sink: Sink) -> None:
+        """Route ``env`` (already encoded as ``data``) for someone else: its answer goes to
+        ``sink``.  A copy still in flight under ``key`` keeps going; the newest sink wins."""
+        found = self.out.get(key)
+        if found is not None:
+            found.sink = sink
+            return
+        out = Out(env, data, key, sink=sink)
+        self.out[key] = out
+        self._route(out, first=True)
+
+    def drop_forwarded(self, error: dict[str, Any]) -> None:
+        """Give up every forwarded message now, telling each sink ``error``."""
+        for out in [o for o in self.out.values() if o.sink is not None]:
+            self._give_up(out, error)
+
     async def _wait(self, out: Out) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         out.waiters.append(fut)
@@ -180,9 +173,8 @@ class Outgoing:
             self._transmit(out, target)
             return
         if env.kind == "call" and first and not self.t.directory.recently_live(env.service):
-            self._forget(out)
-            self.t.answer_now(env.fail(wire_error(
-                "unreachable", "Unreachable", f"no replica of service {env.service!r}")))
+            self._give_up(out, wire_error("unreachable", "Unreachable",
+                                          f"no replica of service {env.service!r}"))
             return
         self._unassign(out)
         if not out.parked_at:
@@ -220,8 +212,19 @@ class Outgoing:
         if out.parked_at:
             self.waiting.get(out.env.service, {}).pop(out.key, None)
 
+    def _give_up(self, out: Out, error: dict[str, Any]) -> None:
+        """This transport gave up on a call (or a forwarded message): say so."""
+        self._forget(out)
+        if out.sink is not None:
+            out.sink(None, error)
+        elif out.env.kind == "call":
+            self.t.answer_now(out.env.fail(error))
+
     def _settle(self, out: Out, exc: BaseException | None = None) -> None:
         """Done with ``out``: acknowledged (``exc`` None) or failed; wake its waiters."""
+        if exc is not None and out.sink is not None:
+            self._give_up(out, wire_error("unreachable", type(exc).__name__, str(exc)))
+            return
         self._forget(out)
         if exc is None and out.env.kind != "call":
             self._lost.pop(out.key, None)
@@ -315,11 +318,14 @@ class Outgoing:
             env = out.env
             if env.kind == "call":
                 if env.expired(now):
-                    self._forget(out)
+                    if out.sink is None:
+                        self._forget(out)       # the caller's Bus has given up already
+                    else:
+                        self._give_up(out, wire_error("timeout", "CallTimeout",
+                                                      f"no answer from {env.service!r} in time"))
                 elif out.parked_at and mono - out.parked_at > grace:
-                    self._forget(out)
-                    self.t.answer_now(env.fail(wire_error(
-                        "unreachable", "Unreachable", f"no replica of {env.service!r} came back")))
+                    self._give_up(out, wire_error("unreachable", "Unreachable",
+                                                  f"no replica of {env.service!r} came back"))
             elif out.parked_at and mono - out.parked_at > grace and not out.owned:
                 self._settle(out, ConnectionError(
                     f"no replica of service {env.service!r} within {grace:g}s"))
@@ -339,7 +345,9 @@ class Outgoing:
             data = None
         if kind == "result":
             self._settle(out)
-            if env.kind == "call" and data is not None:
+            if out.sink is not None:
+                out.sink(xml, None)
+            elif env.kind == "call" and data is not None:
                 self._deliver(env, data)
             return
         condition = stanzas.error_condition(xml)
@@ -348,6 +356,9 @@ class Outgoing:
         if gone or requeued:                             # ... so another one may
             out.gone.add(out.target)
             self._route(out)
+        elif out.sink is not None:                       # the replica's answer: pass it on
+            self._forget(out)
+            out.sink(xml, None)
         elif env.kind == "call":
             self._settle(out)
             if data is not None:

@@ -6,7 +6,8 @@ advertised load).  Duplicates are suppressed by delivery key (id, attempt, repla
 running work moves the eventual answer to the newest IQ.  A task rejected for good is
 buried (:mod:`.deadletters`) before its sender is acknowledged; a cast rejected for good is
 dropped with a log line.  A task that arrives with the ``dead-error`` header is a poison
-task its sender gave up on: it is buried unrun.
+task its sender gave up on: it is buried unrun.  Every answer is written in the codec of
+the message it answers (docs/PROTOCOL.md §3).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
 from ...eager import start_eagerly
-from ...wire.codec import decode
+from ...wire.codec import Codec, decode
 from ...wire.deadletter import DEAD_ERROR_HEADER
 from ...wire.envelope import Envelope
 from ...wire.errors import ProtocolError, wire_error
@@ -27,7 +28,7 @@ from ...wire.info import ServiceInfo
 from ..base import Handler, Incoming
 from . import interop, stanzas
 from .incoming import Served, XmppIncoming
-from .outgoing import delivery_key
+from .inflight import codec_of, delivery_key
 from .stanzas import NS_ENV, NS_RPC
 
 if TYPE_CHECKING:
@@ -92,17 +93,17 @@ class Serving:
                                              text=f"unsupported namespace {ns!r}"))
 
     def _refuse(self, frm: str, sid: str, condition: str, text: str, env_id: str = "",
-                code: str = "protocol") -> None:
+                code: str = "protocol", codec: Codec | None = None) -> None:
         inner = ""
         if env_id:
             err = Envelope("error", re=env_id, error=wire_error(
                 code, "ProtocolError" if code == "protocol" else condition, text))
             with contextlib.suppress(ProtocolError):
-                inner = stanzas.env_element(self.t.codec.encode(err))
+                inner = stanzas.env_element((codec or self.t.codec).encode(err))
         etype = "auth" if condition == "forbidden" else "modify"
         self.t.send_xml(stanzas.error_iq(frm, sid, condition, etype, text, inner))
 
-    def _decode(self, xml: ET.Element, frm: str, sid: str) -> Envelope | None:
+    def _decode(self, xml: ET.Element, frm: str, sid: str) -> tuple[Envelope, Codec] | None:
         try:
             data = stanzas.env_of(xml)
         except ValueError as exc:
@@ -116,27 +117,30 @@ class Serving:
             self._refuse(frm, sid, "not-acceptable",
                          f"envelope of {len(data)} bytes exceeds {self.t.opts.max_size}")
             return None
+        codec = codec_of(data)
         try:
-            return decode(data)
+            return decode(data), codec
         except ProtocolError as exc:
             self.t.stats["malformed"] += 1
             log.warning("%s: malformed envelope from %s: %s", self.t.jid, frm, exc)
             condition = "feature-not-implemented" if "version" in str(exc) else "bad-request"
-            self._refuse(frm, sid, condition, str(exc), exc.envelope_id)
+            self._refuse(frm, sid, condition, str(exc), exc.envelope_id, codec=codec)
             return None
 
     def _on_envelope(self, xml: ET.Element, frm: str, sid: str) -> None:
-        env = self._decode(xml, frm, sid)
-        if env is None:
+        decoded = self._decode(xml, frm, sid)
+        if decoded is None:
             return
+        env, codec = decoded
         if not self.allowed(frm):
             self.t.stats["forbidden"] += 1
             self._refuse(frm, sid, "forbidden", f"{frm.split('/')[0]} may not call this node",
-                         env.id, code="forbidden")
+                         env.id, code="forbidden", codec=codec)
             return
         if env.kind not in ("call", "cast", "task"):
             self.t.stats["malformed"] += 1
-            self._refuse(frm, sid, "bad-request", f"a {env.kind} cannot be sent in an IQ", env.id)
+            self._refuse(frm, sid, "bad-request", f"a {env.kind} cannot be sent in an IQ", env.id,
+                         codec=codec)
             return
         key = delivery_key(env)
         done = self.done.get(key)
@@ -161,17 +165,17 @@ class Serving:
             start_eagerly(self._bury_unrun(env), self.t.tasks)
             return
         if served.running >= served.prefetch:
-            served.held.append((env, frm, sid))
+            served.held.append((env, frm, sid, codec))
             return
-        self.start(served, env)
+        self.start(served, env, codec)
 
     # -- running ----------------------------------------------------------------------------
 
-    def start(self, served: Served, env: Envelope) -> None:
-        """Run ``env`` through the service's handler."""
+    def start(self, served: Served, env: Envelope, codec: Codec) -> None:
+        """Run ``env`` (received in ``codec``) through the service's handler."""
         served.running += 1
         self.t.directory.presence_soon()
-        start_eagerly(self.run(served, XmppIncoming(self.t, served, env)), self.t.tasks)
+        start_eagerly(self.run(served, XmppIncoming(self.t, served, env, codec)), self.t.tasks)
 
     async def run(self, served: Served, incoming: Incoming) -> None:
         """Call the handler; one that raises is logged and its message buried or dropped."""
@@ -194,14 +198,14 @@ class Serving:
         if len(self.done) > 20_000:
             self.done.popitem(last=False)
 
-    def answer(self, call: Envelope, answer: Envelope) -> None:
-        """Send the answer to a call (to the newest copy's sender)."""
+    def answer(self, call: Envelope, answer: Envelope, codec: Codec) -> None:
+        """Send the answer to a call (to the newest copy's sender), in ``codec``."""
         key = delivery_key(call)
         to, sid = self.inflight.get(key, (call.reply_to, ""))
         try:
-            data = self.t.encode(answer)
+            data = self.t.encode(answer, codec)
         except ProtocolError as exc:
-            data = self.t.codec.encode(call.fail(wire_error("protocol", "ProtocolError", str(exc))))
+            data = codec.encode(call.fail(wire_error("protocol", "ProtocolError", str(exc))))
             answer = Envelope("error")
         inner = stanzas.env_element(data)
         if answer.kind == "reply":
@@ -277,8 +281,8 @@ class Serving:
         """A message of ``served`` is done with: start the next one waiting."""
         served.running -= 1
         while served.held and served.running < served.prefetch and served.active:
-            env, _frm, _sid = served.held.popleft()
-            self.start(served, env)
+            env, _frm, _sid, codec = served.held.popleft()
+            self.start(served, env, codec)
         self.t.directory.presence_soon()
 
     # -- serving ----------------------------------------------------------------------------
@@ -295,7 +299,7 @@ class Serving:
             return
         served.active = False
         while served.held:
-            env, frm, sid = served.held.popleft()
+            env, frm, sid, _codec = served.held.popleft()
             to, sid = self._release(delivery_key(env), env.id) or (frm, sid)
             self.t.send_xml(stanzas.error_iq(to, sid, "service-unavailable",
                                              text="service stopped"))

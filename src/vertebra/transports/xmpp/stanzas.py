@@ -21,7 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 __all__ = [
     "NS_ENV", "NS_PRESENCE", "NS_PUBSUB", "NS_RPC", "NS_STANZAS", "IqError", "env_of", "error_iq",
-    "node_of", "request_iq", "result_iq", "set_iq",
+    "error_type", "node_of", "request_iq", "result_iq", "set_iq",
 ]
 
 NS_ENV = "urn:vertebra:envelope:1"
@@ -65,16 +65,24 @@ class IqError(Exception):
         self.text = text
 
 
-def result_iq(to: str, sid: str, inner: str = "") -> str:
-    """An IQ result, optionally with a payload (already XML)."""
-    return f"<iq type='result' to={quoteattr(to)} id={quoteattr(sid)}>{inner}</iq>"
+def _from(frm: str) -> str:
+    return f" from={quoteattr(frm)}" if frm else ""
+
+
+def result_iq(to: str, sid: str, inner: str = "", frm: str = "") -> str:
+    """An IQ result, optionally with a payload (already XML); ``frm``: a component's own
+    address (a client's ``from`` is set by its server)."""
+    return f"<iq type='result'{_from(frm)} to={quoteattr(to)} id={quoteattr(sid)}>{inner}</iq>"
 
 
 def error_iq(to: str, sid: str, condition: str, etype: str = "cancel", text: str = "",
-             inner: str = "") -> str:
-    """An IQ error with an RFC 6120 condition and optional text and payload."""
+             inner: str = "", frm: str = "") -> str:
+    """An IQ error with an RFC 6120 condition and optional text and payload.
+
+    Children in this order: the payload (``<env/>``), then ``<error/>``; receivers find
+    them by name, never by position (docs/protocol/xmpp.md)."""
     txt = f"<text xmlns='{NS_STANZAS}'>{escape(text[:500])}</text>" if text else ""
-    return (f"<iq type='error' to={quoteattr(to)} id={quoteattr(sid)}>{inner}"
+    return (f"<iq type='error'{_from(frm)} to={quoteattr(to)} id={quoteattr(sid)}>{inner}"
             f"<error type='{etype}'><{condition} xmlns='{NS_STANZAS}'/>{txt}</error></iq>")
 
 
@@ -91,9 +99,23 @@ def env_of(xml: ET.Element) -> bytes | None:
         raise ValueError(f"<env/> is not base64: {exc}") from exc
 
 
+def _error_el(xml: ET.Element) -> ET.Element | None:
+    for child in xml:
+        if child.tag.rpartition("}")[2] == "error" and child.tag.startswith(
+                ("{jabber:client}", "{jabber:component:accept}")):
+            return child
+    return None
+
+
+def error_type(xml: ET.Element) -> str:
+    """The ``type`` of an error stanza's ``<error/>`` ("cancel" when absent)."""
+    err = _error_el(xml)
+    return (err.get("type") if err is not None else None) or "cancel"
+
+
 def error_condition(xml: ET.Element) -> str:
     """The defined condition of an error stanza ("" when absent)."""
-    err = xml.find("{jabber:client}error")
+    err = _error_el(xml)
     if err is None:
         return ""
     for child in err:
@@ -104,18 +126,22 @@ def error_condition(xml: ET.Element) -> str:
 
 def error_text(xml: ET.Element) -> str:
     """The ``<text/>`` of an error stanza ("" when absent)."""
-    el = xml.find(f"{{jabber:client}}error/{{{NS_STANZAS}}}text")
+    err = _error_el(xml)
+    el = err.find(f"{{{NS_STANZAS}}}text") if err is not None else None
     return (el.text or "") if el is not None else ""
 
 
-def presence_node(full: str, load: int, services: list[dict[str, Any]]) -> str:
-    """The ``<node/>`` presence extension announcing ``services`` and ``load``."""
+def presence_node(full: str, load: int, services: list[dict[str, Any]], gateway: str = "") -> str:
+    """The ``<node/>`` presence extension announcing ``services`` and ``load`` (and the
+    gateway domain this bus holds, if any)."""
     body = escape(json.dumps(services, separators=(",", ":")))
-    return f"<node xmlns='{NS_PRESENCE}' jid={quoteattr(full)} load='{load}'>{body}</node>"
+    gw = f" gateway={quoteattr(gateway)}" if gateway else ""
+    return f"<node xmlns='{NS_PRESENCE}' jid={quoteattr(full)} load='{load}'{gw}>{body}</node>"
 
 
-def node_of(xml: ET.Element) -> tuple[str, int, list[dict[str, Any]]] | None:
-    """(jid, load, services) from a presence's ``<node/>``; None if absent or unreadable."""
+def node_of(xml: ET.Element) -> tuple[str, int, list[dict[str, Any]], str] | None:
+    """(jid, load, services, gateway) from a presence's ``<node/>``; None if absent or
+    unreadable."""
     el = xml.find(_NODE_TAG)
     if el is None:
         return None
@@ -127,4 +153,4 @@ def node_of(xml: ET.Element) -> tuple[str, int, list[dict[str, Any]]] | None:
     jid = el.get("jid", "")
     if not jid or not isinstance(services, list):
         return None
-    return jid, load, [s for s in services if isinstance(s, dict)]
+    return jid, load, [s for s in services if isinstance(s, dict)], el.get("gateway", "")

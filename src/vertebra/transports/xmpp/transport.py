@@ -24,6 +24,9 @@ Capability sheet
 * Events: ``<message type='groupchat'>`` to the events room ``<room>-events`` (:mod:`.events`).
 * Jabber-RPC (XEP-0009), disco#info/#items (XEP-0030) and ping (XEP-0199) are answered
   (:mod:`.interop`).
+* A stable address per service for clients that join nothing: ``S@GATEWAY``, an XEP-0114
+  component (``?gateway=DOMAIN&gateway_secret=...``) held by one bus of the network at a
+  time, which forwards to a replica (:mod:`.gateway`).
 * Security: STARTTLS with a verified certificate and SASL by default; ``?tls=0`` and
   ``?verify=0`` (or ``?ca=FILE``) opt out for test servers; ``?allow=jid1,jid2`` allows
   only those bare JIDs to call (others get ``forbidden``).
@@ -53,6 +56,7 @@ from .client import Session
 from .deadletters import DeadLetters
 from .directory import Directory
 from .events import Events
+from .gateway import Gateway
 from .options import XmppOptions, parse_url
 from .outgoing import Outgoing
 from .serving import Serving
@@ -76,13 +80,14 @@ class XmppTransport(Transport):
         self.jid = self.opts.full
         self.nick = f"{self.opts.user}.{self.opts.resource}"
         self.stats.update({"duplicates": 0, "resent": 0, "forbidden": 0, "buried": 0,
-                           "bury_failed": 0, "worker_lost": 0})
+                           "bury_failed": 0, "worker_lost": 0, "forwarded": 0})
         self.tasks: set[asyncio.Task[None]] = set()
         self.directory = Directory(self)
         self.outgoing = Outgoing(self)
         self.serving = Serving(self)
         self.events = Events(self)
         self.dead = DeadLetters(self)
+        self.gateway = Gateway(self)
         self._on_answer: AnswerCallback | None = None
         self._session: Session | None = None
         self._closed = False
@@ -106,12 +111,14 @@ class XmppTransport(Transport):
             await self._session.close()
             raise
         self._sweeper = asyncio.ensure_future(self._sweep())
+        self.gateway.start()
 
     async def close(self) -> None:
         """Leave the rooms and log out; senders re-route what we did not acknowledge."""
         if self._closed:
             return
         self._closed = True
+        await self.gateway.close()
         owned = self.outgoing.close()      # waiting sends fail: the outbox still holds them
         if owned:
             log.warning("%s: closing with %d handed-on or replayed task(s) not acknowledged",
@@ -134,6 +141,7 @@ class XmppTransport(Transport):
         self.directory.offline()
         self.events.offline()
         self.outgoing.offline()
+        self.gateway.offline()
         self._fail_requests(ConnectionError("xmpp connection lost"))
 
     @property
@@ -153,9 +161,9 @@ class XmppTransport(Transport):
         """Send raw XML; False (nothing sent) while offline."""
         return self._session is not None and self._session.send(text)
 
-    def encode(self, env: Envelope) -> bytes:
-        """``env`` in the codec; ProtocolError when it exceeds ``max_size``."""
-        data = self.codec.encode(env)
+    def encode(self, env: Envelope, codec: Codec | None = None) -> bytes:
+        """``env`` in ``codec`` (default: the bus's); ProtocolError above ``max_size``."""
+        data = (codec or self.codec).encode(env)
         if len(data) > self.opts.max_size:
             raise ProtocolError(f"message of {len(data)} bytes exceeds the maximum "
                                 f"{self.opts.max_size}")
