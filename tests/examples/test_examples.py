@@ -201,15 +201,6 @@ def test_polyglot_pika_client_calls_vertebra_node(amqp_url: AmqpUrl) -> None:
     assert "nobody.ping -> error unreachable: Unreachable: returned: NO_ROUTE" in out
 
 
-def test_polyglot_jabber_rpc_calls_vertebra_node(xmpp_url: Callable[[str], str]) -> None:
-    out = run_example("polyglot/jabber_rpc.py", "--url", xmpp_url("rpcclient"),
-                      "--node-url", xmpp_url("greeter"))
-    assert re.search(r"^found greeter at greeter@localhost/\S+$", out, re.M), out
-    assert "greeter.hello -> Hello, slixmpp!" in out
-    assert "greeter.divide -> fault 500: ZeroDivisionError: division by zero" in out
-    assert "greeter.nosuch -> fault 404" in out
-
-
 def test_hello_on_xmpp(xmpp_url: Callable[[str], str]) -> None:
     out = run_example("hello.py", "both", "Xena", "--url", xmpp_url("greeter"))
     assert "Hello, Xena!" in out
