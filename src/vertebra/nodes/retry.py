@@ -9,8 +9,9 @@ error.  The node does this itself, so that every transport behaves alike:
   header raised (same message id, so ``vertebra.current().id`` stays the same), and only
   then is the failed delivery acknowledged — a node that dies in between leaves the
   original unacknowledged, for the transport to deliver again (at-least-once);
-* permanent failures are not retried: arguments that do not fit the signature
-  (``TypeError`` from binding) and a method the service does not have;
+* permanent failures are not retried: arguments that do not fit the signature or its
+  annotated types, a ``TypeError`` the handler raises, and a method the service does not
+  have;
 * the backoff wait holds the failed delivery (one of the replica's ``concurrency``
   slots), so a crash during the wait loses nothing.
 """

@@ -172,14 +172,16 @@ class NodeRuntime:
                 stats.calls += 1
                 stats.in_flight += 1
                 started = time.perf_counter()
+                bound = False
                 try:
                     with consumer_span(env, self.info.transport):
                         args, kwargs = h.binder.bind(env.args, env.kwargs)
+                        bound = True
                         result = await self._invoke(h, args, kwargs)
                 except Exception as exc:
                     self.counts["errors"] += 1
                     stats.errors += 1
-                    await self._failed(incoming, h, exc)
+                    await self._failed(incoming, h, exc, bad_arguments=not bound)
                     return
                 finally:
                     stats.in_flight -= 1
@@ -236,10 +238,13 @@ class NodeRuntime:
         self.bus.publish(slip.done, {"run": slip.run, "error": error, "step": f"{env.service}.{env.method}",
                                      "index": slip.index})
 
-    async def _failed(self, incoming: Incoming, h: _Handler, exc: Exception) -> None:
+    async def _failed(self, incoming: Incoming, h: _Handler, exc: Exception,
+                      bad_arguments: bool = False) -> None:
         env = incoming.envelope
         tb = traceback.format_exc() if type(self.node).allow_tracebacks else ""
         error = {**error_to_wire(exc, tb), "node": self.replica}
+        if bad_arguments:      # the arguments did not fit the signature: the handler never ran
+            error["bad_arguments"] = True
         if env.kind == "call":
             await incoming.reply(env.fail(error))
             await incoming.ack()
@@ -255,7 +260,8 @@ class NodeRuntime:
             return
         self.dedup.forget(env)   # it did not complete: a retry or a replay must run, not be dropped
         policy = self.retry_policies[h.name]
-        attempt = None if isinstance(exc, TypeError) else policy.next_attempt(env)
+        permanent = bad_arguments or isinstance(exc, TypeError)
+        attempt = None if permanent else policy.next_attempt(env)
         if attempt is None:
             env.kind = "task"                            # a cast to a @task method is a task
             self.counts["buried"] += 1

@@ -16,7 +16,8 @@ deadlines and retries.  The whole interface is nine coroutines::
 
 Rules every adapter follows (the conformance suite holds them to it):
 
-* Bytes on the wire come from the codec it was given; anything it receives that does not
+* Bytes on the wire come from the codec it was given, except answers, which are written in
+  the codec of the message they answer (docs/PROTOCOL.md §3); anything it receives that does not
   decode is counted in ``stats["malformed"]``, logged, answered with an ``error`` envelope
   of code "protocol" where there is someone to answer, and never crashes the adapter.
 * A call to a service nobody serves is answered at once with an error of code
