@@ -28,7 +28,7 @@ def check_not_forked(opened_in: int, what: str = "this bus") -> None:
         raise RuntimeError(
             f"{what} was opened before os.fork() and cannot be used in the child "
             "process: its loop thread and connections stay with the parent. Open a new bus "
-            "in the child, after the fork (gunicorn: in post_fork or at the first request; "
+            "in the child, after the fork (gunicorn: in post_worker_init or at the first request; "
             "multiprocessing: in the target function).")
 
 
