@@ -2,8 +2,9 @@
 
 Every message on the hub's ROUTER socket starts with a two-byte header frame,
 ``[VERSION, COMMAND]``; the frames after it depend on the command.  The encoded envelope,
-when there is one, is always the *last* frame, and the frames before it carry only what
-the hub needs to route it, so the hub never decodes an envelope.
+when there is one, is always the *last* frame (of its group, for DEAD_LETTERS), and the
+frames before it carry only what the hub needs to route it, so the hub never decodes an
+envelope.
 
 :func:`parse` checks a multipart message (without the ROUTER identity frame) and returns
 ``(command, args)``; anything else raises :class:`FrameError`.  It never raises anything
@@ -15,10 +16,11 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
-    "ACK", "ANSWER", "CALL", "CAST", "CLIENT_COMMANDS", "DELIVER_KINDS", "DISCOVER", "BYE",
-    "FrameError", "HEARTBEAT", "HELLO", "HUB_COMMANDS", "KIND_CODES", "NACK", "PROTOCOL",
-    "PUBOK", "QUEUED", "REPLY", "RESET", "SERVE", "SERVICES", "SYNC", "TASK", "UNREACHABLE", "UNSERVE",
-    "VERSION", "WELCOME", "header", "parse", "EVENT_CONTROL",
+    "ACK", "ANSWER", "BURY", "BYE", "CALL", "CAST", "CLIENT_COMMANDS", "DEAD", "DEAD_LETTERS",
+    "DELIVER_KINDS", "DISCOVER", "EVENT_CONTROL", "FrameError", "GROUPS", "HEARTBEAT", "HELLO",
+    "HUB_COMMANDS", "KIND_CODES", "NACK", "PROTOCOL", "PUBOK", "QUEUED", "REPLAY", "REPLAYED",
+    "REPLY", "RESET", "SERVE", "SERVICES", "SYNC", "TASK", "UNREACHABLE", "UNSERVE", "VERSION",
+    "WELCOME", "header", "parse",
 ]
 
 VERSION: Final = 1
@@ -37,6 +39,9 @@ UNSERVE: Final = 0x0A
 DISCOVER: Final = 0x0B
 SYNC: Final = 0x0C
 BYE: Final = 0x0D
+BURY: Final = 0x0E
+DEAD: Final = 0x0F
+REPLAY: Final = 0x10
 
 # hub -> client / node (HEARTBEAT, CALL, CAST and TASK are reused in this direction)
 WELCOME: Final = 0x21
@@ -47,6 +52,8 @@ RESET: Final = 0x27
 PROTOCOL: Final = 0x28
 PUBOK: Final = 0x29
 QUEUED: Final = 0x2A
+DEAD_LETTERS: Final = 0x2B
+REPLAYED: Final = 0x2C
 
 EVENT_CONTROL: Final = b"\x00"
 """Event topic frames that start with this byte are hub control traffic, never events."""
@@ -63,12 +70,15 @@ CLIENT_COMMANDS: Final[dict[int, int]] = {
     TASK: 3,
     REPLY: 2,        # delivery tag, envelope
     ACK: 1,          # delivery tag
-    NACK: 2,         # delivery tag, b"1" requeue / b"0" drop
+    NACK: 2,         # delivery tag, b"1" requeue / b"0" give up / b"p" undecodable
     SERVE: 3,        # service, prefetch (ascii digits), json ServiceInfo
     UNSERVE: 1,      # service
     DISCOVER: 1,     # request id
     SYNC: 1,         # token
     BYE: 0,
+    BURY: 2,         # delivery tag, json wire error object
+    DEAD: 3,         # request id, service, cursor (ascii digits)
+    REPLAY: 4,       # request id, service, message id of the dead letter, envelope to queue
 }
 
 # hub -> client / node
@@ -85,7 +95,13 @@ HUB_COMMANDS: Final[dict[int, int]] = {
     PROTOCOL: 2,     # message id (may be empty), reason
     PUBOK: 0,
     QUEUED: 1,       # message id of a cast or task the hub now holds (or has delivered)
+    DEAD_LETTERS: 2,  # request id, json page header; then GROUPS[DEAD_LETTERS] frames per letter
+    REPLAYED: 2,     # request id, b"1" queued again / b"0" no such dead letter
 }
+
+GROUPS: Final[dict[int, int]] = {DEAD_LETTERS: 3}
+"""Commands followed by any number of frame groups of this size, after their fixed frames
+(DEAD_LETTERS: message id, json error object, envelope, per dead letter)."""
 
 _HEADERS: Final[dict[int, bytes]] = {c: bytes((VERSION, c)) for c in
                                      set(CLIENT_COMMANDS) | set(HUB_COMMANDS)}
@@ -105,7 +121,7 @@ def parse(frames: list[bytes], table: dict[int, int]) -> tuple[int, list[bytes]]
 
     Returns the command and the frames after the header.  Raises :class:`FrameError` for
     a missing or wrong-sized header, an unsupported version, an unknown command or a
-    wrong frame count.
+    wrong frame count (for a command in :data:`GROUPS`: its fixed frames, then whole groups).
     """
     if not frames:
         raise FrameError("empty message")
@@ -118,6 +134,12 @@ def parse(frames: list[bytes], table: dict[int, int]) -> tuple[int, list[bytes]]
     want = table.get(command)
     if want is None:
         raise FrameError(f"unknown command 0x{command:02x}")
-    if len(frames) - 1 != want:
-        raise FrameError(f"command 0x{command:02x} takes {want} frames, got {len(frames) - 1}")
+    got = len(frames) - 1
+    group = GROUPS.get(command) if table is HUB_COMMANDS else None
+    if group is not None:
+        if got < want or (got - want) % group:
+            raise FrameError(f"command 0x{command:02x} takes {want} frames and groups of "
+                             f"{group}, got {got}")
+    elif got != want:
+        raise FrameError(f"command 0x{command:02x} takes {want} frames, got {got}")
     return command, frames[1:]

@@ -1,18 +1,19 @@
 """The zmq:// hub: a broker for calls, casts, tasks, events, liveness and discovery.
 
-One ROUTER socket carries calls, casts, tasks, replies, acks, heartbeats and discovery
-(docs/protocol/zmq.md); an XSUB/XPUB pair on two more ports carries events.  The hub
-routes on the frames before the envelope and never decodes an envelope.
+One ROUTER socket carries calls, casts, tasks, replies, acks, heartbeats, discovery and
+dead letters (docs/protocol/zmq.md); an XSUB/XPUB pair on two more ports carries events.
+The hub routes on the frames before the envelope and never decodes an envelope.  This
+module is the socket loop; the rules (credit, queues, liveness, dead letters) are
+:class:`~.state.HubState`'s.
 
-* Work is ready-based: a node that serves a service with ``prefetch=n`` gets ``n``
-  credits; each delivery spends one, each reply / ack / nack gives it back.  Work with no
-  credit anywhere waits in the hub's queue for that service (bounded).  Calls rotate over
-  the replicas that have credit.
-* Liveness: every peer heartbeats; a peer silent for ``heartbeat * liveness`` seconds is
-  dropped: its services leave routing, its unacked casts and tasks go back to the front
-  of their queue, and callers of its in-flight calls get UNREACHABLE at once.
 * CurveZMQ: give the hub a secret key and it serves CURVE only; with ``allow`` (a list of
   client public keys) a ZAP handler refuses every other key.
+* Options: ``heartbeat`` and ``liveness`` (a peer's own HELLO values win), ``max_queue``
+  per service, ``max_redeliveries`` (a task whose worker died holding it more often is
+  buried as ``WorkerLost``), ``max_dead_letters`` kept per service (the oldest dropped and
+  counted past it), ``dedup_window`` (sends remembered to take a re-send once), ``grace``
+  (seconds a restarted hub holds calls for services not back yet; default
+  ``heartbeat × liveness``).
 
 ``Hub`` runs in a background thread (``start()`` / ``stop()`` or ``with Hub(...) as hub``);
 :func:`run_hub` runs one in the foreground until SIGINT / SIGTERM.
@@ -20,57 +21,28 @@ routes on the frames before the envelope and never decodes an envelope.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
 
 import zmq
 
 from . import frames as F
 from .keys import decode_key, load_keypair, load_public_key
+from .options import DEFAULT_MAX_MESSAGE_SIZE
+from .state import HubState
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Hub", "run_hub"]
 
 log = logging.getLogger("vertebra.transports.zmq.hub")
 
-DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
 _TICK = 0.05  # seconds between liveness checks
 _DRAIN = 256  # messages taken from one socket before looking at the others
 _NOW = int(zmq.NOBLOCK)
 _MORE_NOW = int(zmq.NOBLOCK | zmq.SNDMORE)
-
-
-_Item = tuple[int, bytes, bytes, bytes, int]  # command, caller, message id, envelope, failures
-
-
-@dataclass(slots=True, eq=False)
-class _Peer:
-    ident: bytes
-    interval: float
-    liveness: int
-    last_seen: float
-    last_sent: float = 0.0
-    serving: dict[bytes, int] = field(default_factory=dict)   # service -> prefetch
-    # delivery tag -> (service, (command, caller ident, message id, envelope, attempts))
-    inflight: dict[bytes, tuple[bytes, _Item]] = field(default_factory=dict)
-
-
-@dataclass(slots=True, eq=False)
-class _Service:
-    name: bytes
-    workers: list[bytes] = field(default_factory=list)      # rotation order
-    credit: dict[bytes, int] = field(default_factory=dict)  # ident -> free credits
-    info: dict[bytes, dict[str, Any]] = field(default_factory=dict)
-    available: int = 0
-    rr: int = 0
-    queue: deque[_Item] = field(default_factory=deque)
 
 
 class _AllowList:
@@ -95,7 +67,8 @@ class Hub:
                  liveness: int = 3, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  curve_secret_key: str | None = None, curve_secret_key_file: str | None = None,
                  allow: Iterable[str] | None = None, max_queue: int = 100_000,
-                 max_attempts: int = 3) -> None:
+                 max_redeliveries: int = 3, max_dead_letters: int = 1000,
+                 dedup_window: int = 100_000, grace: float | None = None) -> None:
         if bind.startswith("zmq://"):
             bind = "tcp://" + bind[len("zmq://"):].split("?", 1)[0].rstrip("/")
         if bind.startswith("tcp://") and (bind.endswith(":0") or bind.endswith(":*")):
@@ -105,9 +78,10 @@ class Hub:
         self.liveness = liveness
         self.max_message_size = max_message_size
         self.max_queue = max_queue
-        self.max_attempts = max_attempts
-        self.dead_letters: deque[tuple[bytes, bytes, int]] = deque(maxlen=1000)
-        """The last dead-lettered messages: (service, envelope, attempts)."""
+        self.max_redeliveries = max_redeliveries
+        self.max_dead_letters = max_dead_letters
+        self.dedup_window = dedup_window
+        self.grace = heartbeat * liveness if grace is None else grace
         self.public_key: bytes | None = None
         self._secret: bytes | None = None
         if curve_secret_key_file:
@@ -118,20 +92,34 @@ class Hub:
         self._allow = _AllowList(allow) if allow is not None else None
         if self._allow is not None and self._secret is None:
             raise ValueError("an allow-list needs CURVE: give the hub a secret key")
-        self.stats: dict[str, int] = {"malformed": 0, "oversized": 0, "dropped": 0,
-                                      "routed": 0, "events": 0, "expired_peers": 0,
-                                      "dead_lettered": 0}
+        self.state = self._new_state()
+        """The routing state (:class:`~.state.HubState`); a new one at every start."""
         self.endpoint = ""
         self.xsub_endpoint = ""
         self.xpub_endpoint = ""
-        self._peers: dict[bytes, _Peer] = {}
-        self._services: dict[bytes, _Service] = {}
-        self._tag = 0
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._ctl_addr = f"inproc://vertebra-hub-{id(self):x}-{os.getpid()}"
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+
+    def _new_state(self) -> HubState:
+        return HubState(self._send, heartbeat=self.heartbeat, liveness=self.liveness,
+                        max_message_size=self.max_message_size, max_queue=self.max_queue,
+                        max_redeliveries=self.max_redeliveries,
+                        max_dead_letters=self.max_dead_letters, dedup_window=self.dedup_window,
+                        grace=self.grace, now=time.monotonic())
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: routed, malformed, oversized, dropped, events, expired_peers,
+        duplicates (re-sends taken once), buried, worker_lost, replayed."""
+        return self.state.stats
+
+    @property
+    def id(self) -> str:
+        """This hub's identity (told in WELCOME; new at every start)."""
+        return self.state.id
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -152,6 +140,9 @@ class Hub:
         """Bind and serve in a daemon thread; returns once the sockets are bound."""
         if self._thread is not None:
             return self
+        self._started.clear()
+        self._error = None
+        self.state = self._new_state()
         self._thread = threading.Thread(target=self._run_thread, name="vertebra-hub", daemon=True)
         self._thread.start()
         self._started.wait()
@@ -246,6 +237,7 @@ class Hub:
                 xpub.bind(self.bind + ".xpub")
             self.xsub_endpoint = _endpoint(xsub)
             self.xpub_endpoint = _endpoint(xpub)
+            self.state.endpoints = {"xsub": self.xsub_endpoint, "xpub": self.xpub_endpoint}
             ctl.bind(self._ctl_addr)
             xsub.send(b"\x01")  # subscribe to everything every publisher sends
         except BaseException:
@@ -271,13 +263,13 @@ class Hub:
                 if ctl in ready:
                     return
                 if router in ready:
-                    now = time.monotonic()
+                    self.state.now = time.monotonic()
                     for _ in range(_DRAIN):
                         try:
                             msg = router.recv_multipart(noblock)
                         except zmq.Again:
                             break
-                        self._on_router(msg, now)
+                        self._on_router(msg)
                 if xsub in ready:
                     for _ in range(_DRAIN):
                         try:
@@ -293,7 +285,7 @@ class Hub:
                             break
             now = time.monotonic()
             if now >= next_tick:
-                self._tick(now)
+                self.state.tick(now)
                 next_tick = now + _TICK
 
     def _send(self, ident: bytes, parts: list[bytes]) -> bool:
@@ -311,14 +303,7 @@ class Hub:
             return False
         return True
 
-    def _bad(self, ident: bytes, reason: str, msgid: bytes = b"") -> None:
-        self.stats["malformed"] += 1
-        log.warning("hub: bad message from %s: %s", ident.hex(), reason)
-        self._send(ident, [F.header(F.PROTOCOL), msgid, reason.encode()[:500]])
-
-    # ---------------------------------------------------------------- ROUTER traffic
-
-    def _on_router(self, msg: list[bytes], now: float) -> None:
+    def _on_router(self, msg: list[bytes]) -> None:
         if len(msg) < 2:
             self.stats["malformed"] += 1
             return
@@ -326,256 +311,14 @@ class Hub:
         try:
             cmd, args = F.parse(msg[1:], F.CLIENT_COMMANDS)
         except F.FrameError as exc:
-            self._bad(ident, str(exc))
+            self.state.bad(ident, str(exc))
             return
-        peer = self._peers.get(ident)
-        if peer is None:
-            if cmd == F.HELLO:
-                self._hello(ident, args[0], now)
-                return
-            if cmd == F.BYE:
-                return
-            # a peer we do not know (the hub restarted): serve it, and ask it to re-register
-            peer = self._peers[ident] = _Peer(ident, self.heartbeat, self.liveness, now)
-            self._send(ident, [F.header(F.RESET)])
-        peer.last_seen = now
-        if cmd <= F.TASK and cmd >= F.CALL:
-            service, msgid, body = args
-            if len(body) > self.max_message_size:
-                self.stats["oversized"] += 1
-                self._bad(ident, f"message of {len(body)} bytes is over the hub's maximum "
-                                 f"of {self.max_message_size}", msgid)
-                return
-            self._route(service, (cmd, ident, msgid, body, 0), confirm=cmd != F.CALL)
-        elif cmd == F.REPLY:
-            tag, body = args
-            entry = peer.inflight.pop(tag, None)
-            if entry is None:
-                self.stats["dropped"] += 1
-                return
-            self._send(entry[1][1], [F.header(F.ANSWER), body])
-            self._release(peer, entry[0])
-        elif cmd == F.ACK:
-            entry = peer.inflight.pop(args[0], None)
-            if entry is not None:
-                self._release(peer, entry[0])
-        elif cmd == F.NACK:
-            entry = peer.inflight.pop(args[0], None)
-            if entry is not None:
-                self._nack(entry[0], entry[1], args[1])  # back at the front first,
-                self._release(peer, entry[0])            # then the credit pumps it out
-                svc = self._services.get(entry[0])
-                if svc is not None:
-                    self._pump(svc)
-        elif cmd == F.HEARTBEAT:
-            pass
-        elif cmd == F.SERVE:
-            self._serve(peer, *args)
-        elif cmd == F.UNSERVE:
-            self._unserve(peer, args[0])
-        elif cmd == F.DISCOVER:
-            self._send(ident, [F.header(F.SERVICES), args[0], self._directory()])
-        elif cmd == F.SYNC:
+        if cmd == F.SYNC:   # the one command that answers on the event sockets
+            if ident in self.state.peers:
+                self.state.peers[ident].last_seen = self.state.now
             self._xpub.send_multipart([F.EVENT_CONTROL + b"sync." + args[0], b""])
-        elif cmd == F.BYE:
-            self._drop_peer(peer, "the replica closed")
-        elif cmd == F.HELLO:
-            self._hello(ident, args[0], now)
-
-    def _hello(self, ident: bytes, body: bytes, now: float) -> None:
-        try:
-            opts = json.loads(body) if body else {}
-            if not isinstance(opts, dict):
-                raise ValueError("HELLO carries a JSON object")
-            interval = float(opts.get("heartbeat", self.heartbeat))
-            liveness = int(opts.get("liveness", self.liveness))
-            if not (0.01 <= interval <= 3600 and 1 <= liveness <= 1000):
-                raise ValueError("heartbeat or liveness out of range")
-        except (ValueError, TypeError) as exc:
-            self._bad(ident, f"bad HELLO: {exc}")
             return
-        old = self._peers.get(ident)
-        if old is not None:
-            self._drop_peer(old, "the replica reconnected")
-        self._peers[ident] = _Peer(ident, interval, liveness, now, now)
-        welcome = {"v": F.VERSION, "xsub": self.xsub_endpoint, "xpub": self.xpub_endpoint,
-                   "heartbeat": interval, "liveness": liveness,
-                   "max_message_size": self.max_message_size}
-        self._send(ident, [F.header(F.WELCOME), json.dumps(welcome).encode()])
-
-    def _route(self, name: bytes, item: _Item, confirm: bool = False) -> None:
-        """Deliver or queue ``item``; ``confirm``: tell a cast's or task's sender (QUEUED)."""
-        svc = self._services.get(name)
-        if svc is None or not svc.workers:
-            if item[0] == F.CALL:
-                self._send(item[1], [F.header(F.UNREACHABLE), item[2],
-                                     b"no live replica serves " + name[:200]])
-                return
-            if svc is None:
-                svc = self._services[name] = _Service(name)
-        if not svc.available and len(svc.queue) >= self.max_queue:
-            self.stats["dropped"] += 1   # the sender keeps it (UNREACHABLE) and retries later
-            self._send(item[1], [F.header(F.UNREACHABLE), item[2], b"the hub's queue is full"])
-            return
-        if confirm:
-            self._send(item[1], [F.header(F.QUEUED), item[2]])
-        if svc.available:
-            self._deliver(svc, self._next_worker(svc), item)
-        else:
-            svc.queue.append(item)
-
-    def _next_worker(self, svc: _Service) -> bytes:
-        workers, credit = svc.workers, svc.credit
-        n = len(workers)
-        i = svc.rr
-        for _ in range(n):
-            i = (i + 1) % n
-            w = workers[i]
-            if credit[w] > 0:
-                svc.rr = i
-                return w
-        raise AssertionError("available credit but no worker has any")
-
-    def _deliver(self, svc: _Service, ident: bytes, item: _Item) -> None:
-        svc.credit[ident] -= 1
-        svc.available -= 1
-        self._tag += 1
-        tag = self._tag.to_bytes(8, "little")
-        peer = self._peers[ident]
-        peer.inflight[tag] = (svc.name, item)
-        self.stats["routed"] += 1
-        if not self._send(ident, [F.header(item[0]), svc.name, tag, item[3]]):
-            self._drop_peer(peer, "the replica is unreachable")
-
-    def _pump(self, svc: _Service) -> None:
-        while svc.queue and svc.available:
-            self._deliver(svc, self._next_worker(svc), svc.queue.popleft())
-
-    def _requeue(self, name: bytes, item: _Item) -> bool:
-        """Put a failed delivery back at the front of its queue; dead-letter past max_attempts."""
-        cmd, caller, msgid, body, failures = item
-        failures += 1
-        if failures >= self.max_attempts:
-            self.stats["dead_lettered"] += 1
-            self.dead_letters.append((name, body, failures))
-            log.warning("hub: dead-lettered a message for %s after %d attempts",
-                        name.decode(errors="replace"), failures)
-            return False
-        svc = self._services.get(name)
-        if svc is None:
-            svc = self._services[name] = _Service(name)
-        svc.queue.appendleft((cmd, caller, msgid, body, failures))
-        return True
-
-    def _nack(self, name: bytes, item: _Item, how: bytes) -> None:
-        cmd, caller, msgid = item[0], item[1], item[2]
-        if how == b"1" and cmd == F.CALL:  # e.g. the replica was leaving: try another one
-            self._route(name, item)
-        elif how == b"1":
-            self._requeue(name, item)
-        elif how == b"p":
-            self.stats["malformed"] += 1
-            self._send(caller, [F.header(F.PROTOCOL), msgid, b"the node could not decode the message"])
-        elif cmd == F.CALL:
-            self._send(caller, [F.header(F.UNREACHABLE), msgid, b"rejected by the node"])
-        else:
-            self.stats["dead_lettered"] += 1
-            self.dead_letters.append((name, item[3], item[4] + 1))
-
-    def _release(self, peer: _Peer, name: bytes) -> None:
-        if name not in peer.serving:
-            return
-        svc = self._services[name]
-        svc.credit[peer.ident] += 1
-        svc.available += 1
-        if svc.queue:
-            self._pump(svc)
-
-    def _serve(self, peer: _Peer, name: bytes, prefetch_b: bytes, info_b: bytes) -> None:
-        try:
-            prefetch = int(prefetch_b)
-            if not 1 <= prefetch <= 100_000:
-                raise ValueError("prefetch out of range")
-            info = json.loads(info_b)
-            if not isinstance(info, dict):
-                raise ValueError("service info is a JSON object")
-            name.decode()
-        except (ValueError, UnicodeDecodeError) as exc:
-            self._bad(peer.ident, f"bad SERVE: {exc}")
-            return
-        svc = self._services.get(name)
-        if svc is None:
-            svc = self._services[name] = _Service(name)
-        svc.info[peer.ident] = info
-        if name in peer.serving:
-            return
-        peer.serving[name] = prefetch
-        in_flight = sum(1 for n, _ in peer.inflight.values() if n == name)
-        svc.workers.append(peer.ident)
-        svc.credit[peer.ident] = max(0, prefetch - in_flight)
-        svc.available += svc.credit[peer.ident]
-        self._pump(svc)
-
-    def _unserve(self, peer: _Peer, name: bytes) -> None:
-        if peer.serving.pop(name, None) is None:
-            return
-        svc = self._services[name]
-        svc.workers.remove(peer.ident)
-        svc.available -= svc.credit.pop(peer.ident)
-        svc.info.pop(peer.ident, None)
-        svc.rr = 0
-        if not svc.workers:
-            self._fail_queued_calls(svc)
-            if not svc.queue:
-                del self._services[name]
-
-    def _fail_queued_calls(self, svc: _Service) -> None:
-        keep: deque[_Item] = deque()
-        for item in svc.queue:
-            if item[0] == F.CALL:
-                self._send(item[1], [F.header(F.UNREACHABLE), item[2], b"no live replica left"])
-            else:
-                keep.append(item)
-        svc.queue = keep
-
-    def _drop_peer(self, peer: _Peer, reason: str) -> None:
-        if self._peers.get(peer.ident) is not peer:
-            return
-        del self._peers[peer.ident]
-        for name in list(peer.serving):
-            self._unserve(peer, name)
-        touched: set[bytes] = set()
-        for name, item in reversed(list(peer.inflight.values())):
-            if item[0] == F.CALL:
-                if item[1] != peer.ident:
-                    self._send(item[1], [F.header(F.UNREACHABLE), item[2], reason.encode()])
-            elif self._requeue(name, item):
-                touched.add(name)
-        peer.inflight.clear()
-        for name in touched:
-            self._pump(self._services[name])
-
-    def _directory(self) -> bytes:
-        out = []
-        for svc in self._services.values():
-            if not svc.workers:
-                continue
-            info = dict(next(iter(svc.info.values()), {}))
-            info["name"] = svc.name.decode()
-            info["replicas"] = len(svc.workers)
-            info["transport"] = "zmq"
-            out.append(info)
-        return json.dumps(out).encode()
-
-    def _tick(self, now: float) -> None:
-        for peer in list(self._peers.values()):
-            if now - peer.last_seen > peer.interval * peer.liveness:
-                self.stats["expired_peers"] += 1
-                log.info("hub: peer %s missed its heartbeats; dropped", peer.ident.hex())
-                self._drop_peer(peer, "the replica stopped answering heartbeats")
-            elif now - peer.last_sent >= peer.interval:
-                peer.last_sent = now
-                self._send(peer.ident, [F.header(F.HEARTBEAT)])
+        self.state.on_command(ident, cmd, args)
 
     # ---------------------------------------------------------------- events
 
@@ -587,7 +330,7 @@ class Hub:
             return
         topic = msg[0]
         if topic[:1] == F.EVENT_CONTROL:
-            if topic == F.EVENT_CONTROL + b"hello" and msg[1] in self._peers:
+            if topic == F.EVENT_CONTROL + b"hello" and msg[1] in self.state.peers:
                 self._send(msg[1], [F.header(F.PUBOK)])
             return
         self.stats["events"] += 1

@@ -1,0 +1,85 @@
+"""One delivery from the hub to a served service, and how it is settled.
+
+Every way of settling gives the hub its credit back: REPLY (calls), ACK, NACK ``1``
+(back to the front of the queue unchanged: not an attempt), BURY (a task given up: the
+hub keeps it as a dead letter with the error) and NACK ``0`` (a cast given up: dropped).
+A settle that cannot reach the hub (the link is down) raises ConnectionError; the hub
+that held the delivery gives it to another replica if it outlives us, or took it with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from ...wire.codec import Codec
+from ...wire.envelope import Envelope
+from ...wire.errors import ProtocolError, wire_error
+from ..base import Incoming
+from . import frames as F
+from .connection import HubLink
+
+__all__ = ["ZmqIncoming"]
+
+log = logging.getLogger("vertebra.transports.zmq")
+
+_H_REPLY, _H_ACK, _H_NACK, _H_BURY = (F.header(F.REPLY), F.header(F.ACK), F.header(F.NACK),
+                                      F.header(F.BURY))
+
+
+class ZmqIncoming(Incoming):
+    """A delivery from the hub: ``tag`` is the hub's delivery tag, echoed when settling."""
+
+    __slots__ = ("_codec", "_done", "_link", "_tag")
+
+    def __init__(self, envelope: Envelope, link: HubLink, codec: Codec, tag: bytes) -> None:
+        super().__init__(envelope)
+        self._link = link
+        self._codec = codec
+        self._tag = tag
+        self._done = False
+
+    def _settle_wait(self) -> float:
+        return self._link.opts.confirm_timeout   # a full connection may take a moment
+
+    async def reply(self, answer: Envelope) -> None:
+        """Send the answer; for the hub this also settles the delivery (credit comes back)."""
+        if self._done:
+            return
+        self._done = True
+        limit = self._link.opts.max_message_size
+        try:
+            body = self._codec.encode(answer)
+        except ProtocolError as exc:
+            body = self._codec.encode(self.envelope.fail(wire_error("protocol", "ProtocolError", str(exc))))
+        if len(body) > limit:
+            body = self._codec.encode(self.envelope.fail(wire_error(
+                "protocol", "ProtocolError", f"reply of {len(body)} bytes is over the maximum of {limit}")))
+        await self._link.send([_H_REPLY, self._tag, body], wait=self._settle_wait())
+
+    async def ack(self) -> None:
+        """Settle the delivery (no-op after :meth:`reply`)."""
+        if self._done:
+            return
+        self._done = True
+        await self._link.send([_H_ACK, self._tag], wait=self._settle_wait())
+
+    async def reject(self, requeue: bool, error: dict[str, Any] | None = None) -> None:
+        """Give the delivery back (``requeue``), bury it (a task: the hub keeps it with
+        ``error`` as a dead letter) or drop it (a cast or call)."""
+        if self._done:
+            return
+        self._done = True
+        env = self.envelope
+        if requeue:
+            frames = [_H_NACK, self._tag, b"1"]
+        elif env.kind == "task":
+            err = dict(error or wire_error("remote", "Error", "buried by its node"))
+            frames = [_H_BURY, self._tag, json.dumps(err, default=str).encode()]
+        else:
+            if env.kind == "cast":
+                log.info("zmq: dropped cast %s to %s.%s (rejected by its node)", env.id,
+                         env.service, env.method)
+            frames = [_H_NACK, self._tag, b"0"]
+        await self._link.send(frames, wait=self._settle_wait())
