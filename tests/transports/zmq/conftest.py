@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,3 +67,42 @@ async def eventually(cond: Callable[[], bool], timeout: float = 15.0, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
         await asyncio.sleep(0.01)
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+class Proc:
+    """A replica in its own process (worker_proc.py); its stdout lines are collected."""
+
+    def __init__(self, url: str, service: str, mode: str) -> None:
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "tests.transports.zmq.worker_proc", url, service, mode],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+
+    async def wait_for(self, prefix: str, timeout: float = 20.0) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.p.stdout is not None
+            line = await asyncio.wait_for(loop.run_in_executor(None, self.p.stdout.readline),
+                                          max(0.1, deadline - time.monotonic()))
+            if not line:
+                raise AssertionError(f"worker exited before printing {prefix!r}")
+            self.lines.append(line.strip())
+            if line.startswith(prefix):
+                return line.strip()
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGKILL)
+        self.p.wait()
+
+
+@pytest.fixture
+def procs():
+    made: list[Proc] = []
+    yield lambda *a: made.append(Proc(*a)) or made[-1]
+    for p in made:
+        p.kill()

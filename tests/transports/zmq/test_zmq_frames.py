@@ -21,7 +21,12 @@ def test_parse_raises_only_frame_error(frames):
         except F.FrameError:
             continue
         assert cmd in table
-        assert len(args) == table[cmd] == len(frames) - 1
+        assert len(args) == len(frames) - 1
+        group = F.GROUPS.get(cmd) if table is F.HUB_COMMANDS else None
+        if group is None:
+            assert len(args) == table[cmd]
+        else:
+            assert len(args) >= table[cmd] and (len(args) - table[cmd]) % group == 0
 
 
 @settings(max_examples=500, deadline=None)
@@ -33,6 +38,15 @@ def test_parse_accepts_exactly_the_documented_frame_count(cmd, rest):
     else:
         with pytest.raises(F.FrameError):
             F.parse(frames, F.CLIENT_COMMANDS)
+
+
+def test_dead_letters_take_their_fixed_frames_then_whole_groups():
+    head = F.header(F.DEAD_LETTERS)
+    assert F.parse([head, b"r", b"{}"], F.HUB_COMMANDS) == (F.DEAD_LETTERS, [b"r", b"{}"])
+    assert F.parse([head, b"r", b"{}", b"id", b"{}", b"env"], F.HUB_COMMANDS)[0] == F.DEAD_LETTERS
+    for frames in ([head, b"r"], [head, b"r", b"{}", b"id"], [head, b"r", b"{}", b"id", b"{}"]):
+        with pytest.raises(F.FrameError):
+            F.parse(frames, F.HUB_COMMANDS)
 
 
 def test_wrong_version_is_refused_with_a_clear_reason():
