@@ -32,6 +32,9 @@ Rules every adapter follows (the conformance suite holds them to it):
   within the message's deadline or ``max_age``.  A wait for a confirmation is bounded: a
   confirmation that cannot come (the connection was reset) fails the send with
   ConnectionError rather than holding it.
+* ``send`` may run outside a Task (the sync API starts coroutines eagerly, in a plain
+  callback): bound waits with ``loop.call_at`` timers or ``asyncio.wait``, not
+  ``asyncio.timeout``, which needs a current Task.
 * Attempts are the node's business, not the transport's: a task that failed and may be
   tried again is re-sent by the node with its ``attempt`` header raised
   (:mod:`vertebra.wire.deadletter`) and the original acked; ``reject(False, error)``
