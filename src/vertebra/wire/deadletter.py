@@ -4,7 +4,7 @@ A task carries its attempt number in the ``attempt`` header (absent means 1; see
 docs/PROTOCOL.md §2).  The node that runs it decides, for every transport alike, whether a
 failure is tried again (the task is re-sent with ``attempt`` + 1) or buried: then the
 transport keeps the envelope with the error that killed it, in the place where it keeps
-tasks (the memory broker, the zmq hub, a RabbitMQ dead queue, an XMPP PubSub node).
+tasks (the memory broker, the zmq hub, a RabbitMQ dead queue, a PEP node on the XMPP server).
 """
 
 from __future__ import annotations
