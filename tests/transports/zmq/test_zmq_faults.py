@@ -14,6 +14,7 @@ import zmq
 
 from vertebra.transports.zmq import Hub
 from vertebra.transports.zmq import frames as F
+from vertebra.wire.codec import decode
 from vertebra.wire.envelope import Envelope
 from vertebra.wire.info import ServiceInfo
 
@@ -95,9 +96,10 @@ async def test_garbage_on_every_hub_socket_is_dropped_and_counted(hub, open_clie
         ]
         for msg in bad:
             dealer.send_multipart(msg)
-        # a call the hub routes but whose envelope the node cannot decode: protocol error back
+        # a call the hub routes but whose envelope the node cannot decode: an error envelope
+        # of code protocol back (PROTOCOL.md §5), re = the message-id frame
         dealer.send_multipart([F.header(F.CALL), b"calc", b"mid-1", b"\xc1garbage"])
-        # oversized, just over the limit: answered with a protocol error, counted
+        # oversized, just over the limit: answered by the hub with a protocol error, counted
         dealer.send_multipart([F.header(F.CALL), b"calc", b"mid-2", b"{" + b" " * hub.max_message_size])
         answers = {}
         deadline = time.monotonic() + 10
@@ -106,9 +108,11 @@ async def test_garbage_on_every_hub_socket_is_dropped_and_counted(hub, open_clie
                 await asyncio.sleep(0.01)
                 continue
             reply = dealer.recv_multipart()
-            if reply[0] == F.header(F.PROTOCOL) and reply[1]:
-                answers[reply[1]] = reply[2]
-        assert set(answers) == {b"mid-1", b"mid-2"}
+            if reply[0] == F.header(F.ANSWER):
+                env = decode(reply[1])
+                answers[env.re] = env.error
+        assert set(answers) == {"mid-1", "mid-2"}
+        assert {e["code"] for e in answers.values()} == {"protocol"}
         # events: garbage into XSUB, and into XPUB (subscriber side)
         pub = _raw(ctx, zmq.PUB, hub.xsub_endpoint)
         xsub_sub = _raw(ctx, zmq.XSUB, hub.xpub_endpoint)

@@ -29,7 +29,8 @@ _H_REPLY, _H_ACK, _H_NACK, _H_BURY = (F.header(F.REPLY), F.header(F.ACK), F.head
 
 
 class ZmqIncoming(Incoming):
-    """A delivery from the hub: ``tag`` is the hub's delivery tag, echoed when settling."""
+    """A delivery from the hub: ``tag`` is the hub's delivery tag, echoed when settling;
+    ``codec`` the codec of the delivered envelope, which its answer uses (PROTOCOL.md §3)."""
 
     __slots__ = ("_codec", "_done", "_link", "_tag")
 

@@ -1,5 +1,8 @@
 """CurveZMQ key helpers: write a key pair, read keys from files or URL options.
 
+Key files are read with ``zmq.auth.load_certificate``; :func:`keygen` writes them itself
+(its comment says why).
+
 Keys are 32-byte Curve25519 keys.  On disk they use the ZeroMQ certificate format that
 ``zmq.auth.load_certificate`` reads (``public-key = "<z85>"``, and ``secret-key`` in the
 secret file).  In URLs and allow-lists a key is either its 40-character Z85 text
@@ -12,6 +15,7 @@ import os
 import re
 
 import zmq
+import zmq.auth
 from zmq.utils import z85
 
 __all__ = ["decode_key", "keygen", "load_keypair", "load_public_key"]
@@ -24,6 +28,10 @@ def keygen(path_prefix: str) -> tuple[str, str]:
 
     The secret file is created with mode 0600.  Returns the two paths.
     """
+    # Written here rather than by zmq.auth.create_certificates: that one opens the secret
+    # file with the process umask (world-readable, usually), and a chmod afterwards leaves
+    # a window where the secret can be read; os.umask to narrow it is process-wide (not
+    # thread-safe).  The format is the one zmq.auth.load_certificate reads (below).
     public, secret = zmq.curve_keypair()
     pub_path, sec_path = f"{path_prefix}.key", f"{path_prefix}.key_secret"
     banner = "#   ZeroMQ CURVE certificate written by vertebra keygen\n"
@@ -36,30 +44,18 @@ def keygen(path_prefix: str) -> tuple[str, str]:
     return pub_path, sec_path
 
 
-def _read_field(path: str, name: str) -> bytes | None:
-    with open(path, encoding="ascii") as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith(name):
-                _, _, value = line.partition("=")
-                return value.strip().strip('"').encode("ascii")
-    return None
-
-
 def load_keypair(path: str) -> tuple[bytes, bytes]:
     """(public, secret) Z85 keys from a secret key file written by :func:`keygen`."""
-    public, secret = _read_field(path, "public-key"), _read_field(path, "secret-key")
+    public, secret = zmq.auth.load_certificate(path)  # OSError: no such file
     if not public or not secret:
         raise ValueError(f"{path} is not a CURVE secret key file")
-    return decode_key(public.decode()), decode_key(secret.decode())
+    return decode_key(public.decode("ascii", "replace")), decode_key(secret.decode("ascii", "replace"))
 
 
 def load_public_key(path: str) -> bytes:
     """The Z85 public key from a key file (public or secret)."""
-    public = _read_field(path, "public-key")
-    if not public:
-        raise ValueError(f"{path} holds no public-key")
-    return decode_key(public.decode())
+    public, _ = zmq.auth.load_certificate(path)   # ValueError: no public-key in it
+    return decode_key(public.decode("ascii", "replace"))
 
 
 def decode_key(text: str) -> bytes:

@@ -23,6 +23,8 @@ import logging
 import os
 from typing import Any
 
+from ...wire.codec import CODECS
+from ...wire.envelope import Envelope
 from ...wire.errors import wire_error
 from . import frames as F
 from .graveyard import Graveyard, RecentSends
@@ -62,6 +64,15 @@ class HubState(Router):
         self.stats["malformed"] += 1
         log.warning("hub: bad message from %s: %s", ident.hex(), reason)
         self.send(ident, [F.header(F.PROTOCOL), msgid, reason.encode()[:500]])
+
+    def refuse_call(self, caller: bytes, msgid: bytes, body: bytes, reason: str) -> None:
+        """Answer a call the hub or its node refused (PROTOCOL.md §5) with an ``error``
+        envelope of code "protocol", ``re`` = the CALL's message-id frame, in the call's codec
+        (the hub reads only the first byte of the envelope to tell the codec)."""
+        answer = Envelope("error", re=msgid.decode("utf-8", "replace"),
+                          error=wire_error("protocol", "ProtocolError", reason))
+        codec = CODECS["msgpack" if F.is_msgpack(body) else "json"]
+        self.send(caller, [F.header(F.ANSWER), codec.encode(answer)])
 
     def on_command(self, ident: bytes, cmd: int, args: list[bytes]) -> None:
         """Handle one ROUTER message (already parsed) from ``ident``."""
@@ -141,8 +152,13 @@ class HubState(Router):
         """CALL / CAST / TASK from ``ident``: check, deduplicate, route."""
         if len(body) > self.max_message_size:
             self.stats["oversized"] += 1
-            self.bad(ident, f"message of {len(body)} bytes is over the hub's maximum "
-                            f"of {self.max_message_size}", msgid)
+            reason = f"message of {len(body)} bytes is over the hub's maximum of {self.max_message_size}"
+            if cmd == F.CALL:
+                self.stats["malformed"] += 1
+                log.warning("hub: refused a call from %s: %s", ident.hex(), reason)
+                self.refuse_call(ident, msgid, body, reason)
+            else:
+                self.bad(ident, reason, msgid)
             return
         if cmd == F.CALL:
             self._route(service, (cmd, ident, msgid, body, 0))
@@ -187,7 +203,13 @@ class HubState(Router):
                 self._requeue(name, item)
         elif cmd == F.NACK and how == b"p":
             self.stats["malformed"] += 1
-            self.send(caller, [F.header(F.PROTOCOL), msgid, b"the node could not decode the message"])
+            if kind == F.CALL:
+                self.refuse_call(caller, msgid, item[3], "the node could not decode the call: not "
+                                 "an envelope, or one that breaks a rule of PROTOCOL.md §2")
+            else:
+                self.stats["dropped"] += 1
+                log.info("hub: dropped an undecodable %s for %s", F.DELIVER_KINDS[kind],
+                         name.decode(errors="replace"))
         elif kind == F.CALL:
             self.send(caller, [F.header(F.UNREACHABLE), msgid, b"rejected by the node"])
         elif cmd == F.BURY:

@@ -36,7 +36,7 @@ import json
 import logging
 from typing import Any
 
-from ...wire.codec import Codec, decode
+from ...wire.codec import CODECS, Codec, decode
 from ...wire.deadletter import DeadLetter
 from ...wire.envelope import Envelope
 from ...wire.errors import ProtocolError, wire_error
@@ -53,7 +53,7 @@ __all__ = ["ZmqTransport"]
 log = logging.getLogger("vertebra.transports.zmq")
 
 _KIND_HEADER = {"call": F.header(F.CALL), "cast": F.header(F.CAST), "task": F.header(F.TASK)}
-_H_NACK = F.header(F.NACK)
+_H_NACK, _H_REPLY = F.header(F.NACK), F.header(F.REPLY)
 
 
 class ZmqTransport(Transport):
@@ -253,13 +253,24 @@ class ZmqTransport(Transport):
             await self.link.send([F.header(F.UNSERVE), service], wait=self.opts.confirm_timeout)
             await self.link.send([_H_NACK, tag, b"1"], wait=self.opts.confirm_timeout)
             return
+        codec = CODECS["msgpack" if F.is_msgpack(body) else "json"]   # answers: the call's
         try:
             env = decode(body)
             if env.kind != F.DELIVER_KINDS[cmd]:
-                raise ProtocolError(f"a {env.kind!r} envelope delivered as {F.DELIVER_KINDS[cmd]!r}")
+                exc = ProtocolError(f"a {env.kind!r} envelope delivered as {F.DELIVER_KINDS[cmd]!r}")
+                exc.envelope_id, exc.reply_to = env.id, env.reply_to
+                raise exc
         except ProtocolError as exc:
             self._malformed("bad delivery: %s", exc)
-            # "p": the hub answers the caller with a protocol error and drops the message
+            if cmd == F.CALL and exc.envelope_id:
+                # PROTOCOL.md §5: a call whose id can be read is answered with an error of
+                # code "protocol" (the REPLY settles the delivery)
+                answer = Envelope("error", re=exc.envelope_id, reply_to=exc.reply_to,
+                                  error=wire_error("protocol", "ProtocolError", str(exc)))
+                await self.link.send([_H_REPLY, tag, codec.encode(answer)], wait=self.opts.confirm_timeout)
+                return
+            # "p": no id to answer with; the hub answers a call with an error envelope
+            # (code "protocol", re = the CALL's message-id frame) and drops a cast or task
             await self.link.send([_H_NACK, tag, b"p"], wait=self.opts.confirm_timeout)
             return
-        await served[1](ZmqIncoming(env, self.link, self.codec, tag))
+        await served[1](ZmqIncoming(env, self.link, codec, tag))
