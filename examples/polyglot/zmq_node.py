@@ -6,7 +6,8 @@ docs/protocol/zmq.md.  It serves the "shouter" service through a vertebra hub.
     python examples/polyglot/zmq_node.py --url zmq://127.0.0.1:7000    # serve on a hub
 
 Then, from anywhere: `vertebra call zmq://127.0.0.1:7000 shouter.shout hello`.
-Only JSON is spoken here; a msgpack call is refused with a `protocol` error.
+Only JSON is spoken here: a msgpack call is NACKed `p`, and the hub answers its caller
+with an `error` of code `protocol` (docs/protocol/zmq.md, "Refusals").
 """
 
 from __future__ import annotations
@@ -122,9 +123,20 @@ def serve(endpoint: str, stop: threading.Event) -> None:
                 _service, tag, body = frames
                 try:
                     envelope = json.loads(body)
-                    assert envelope.get("v") == VERSION and envelope.get("id"), "not a v1 envelope"
+                    assert isinstance(envelope, dict) and isinstance(envelope.get("id"), str)
                 except (ValueError, AssertionError):
-                    send(NACK, tag, b"p")               # undecodable: the caller gets PROTOCOL
+                    send(NACK, tag, b"p")   # no id to answer: the hub answers a call (protocol)
+                    continue
+                if envelope.get("v") != VERSION:        # PROTOCOL.md §5 and §9
+                    refusal = {"v": VERSION, "id": os.urandom(8).hex(), "re": envelope["id"],
+                               "kind": "error", "error": {
+                                   "code": "protocol", "type": "ProtocolError", "traceback": "",
+                                   "message": f"unsupported protocol version {envelope.get('v')!r} "
+                                              f"(this side speaks {VERSION})"}}
+                    if command == CALL:
+                        send(REPLY, tag, json.dumps(refusal).encode())
+                    else:
+                        send(ACK, tag)                  # a cast of another version: dropped
                     continue
                 if command == CALL:
                     send(REPLY, tag, json.dumps(answer(envelope)).encode())
