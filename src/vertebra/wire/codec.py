@@ -107,15 +107,20 @@ def _check_depth(value: Any, depth: int = 0) -> None:
                 _check_depth(v, depth + 1)
 
 
+def _attach_id(exc: ProtocolError, obj: Any) -> None:
+    """Say whose message ``exc`` refuses (its id and return address), when they can be read."""
+    if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+        exc.envelope_id = obj["id"]
+        if isinstance(obj.get("reply_to"), str):
+            exc.reply_to = obj["reply_to"]
+
+
 def _checked(obj: Any) -> Envelope:
     """from_wire, with the message id attached to the error when it could be read."""
     try:
         return from_wire(obj)
     except ProtocolError as exc:
-        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-            exc.envelope_id = obj["id"]
-            if isinstance(obj.get("reply_to"), str):
-                exc.reply_to = obj["reply_to"]
+        _attach_id(exc, obj)
         raise
 
 
@@ -167,8 +172,7 @@ class JsonCodec:
                     try:
                         obj[key] = _untag(obj[key], 1)
                     except ProtocolError as exc:
-                        if isinstance(obj.get("id"), str):
-                            exc.envelope_id = obj["id"]
+                        _attach_id(exc, obj)
                         raise
         return _checked(obj)
 
@@ -193,7 +197,11 @@ class MsgpackCodec:
             obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
         except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
             raise ProtocolError(f"not a msgpack envelope: {exc}"[:300]) from None
-        _check_depth(obj)
+        try:
+            _check_depth(obj)
+        except ProtocolError as exc:     # too deep: still say whose call it was, if we can
+            _attach_id(exc, obj)
+            raise
         return _checked(obj)
 
 
