@@ -7,6 +7,13 @@ direct reply-to, and what becomes of a call the broker cannot route.
   re-declare theirs only once they have reconnected too, so a returned call is held and
   sent again with backoff (while its deadline allows) instead of failing for a replica
   that is coming back.
+* A call that comes back unrouted for a service that answered this bus within the last
+  ``settle`` seconds is held the same way, for at most ``_GRACE`` (1 s) from its first
+  return.  On a cluster a call queue lives on one node; when that node dies the queue goes
+  with it while its replicas on other nodes are still up (they are told, ``basic.cancel``,
+  and declare it again within milliseconds, :mod:`.serving`), so a call in that gap would
+  fail although a replica serves.  A service that really stopped is still reported
+  ``unreachable`` — one second later for a caller it had just answered.
 * While the connection is down ``send`` raises a plain ConnectionError (the Bus retries
   until the call's deadline).  A call already published when the connection drops cannot
   get its reply (direct reply-to lives on the old channel) and may or may not have run:
@@ -32,6 +39,7 @@ from .topology import REPLY_TO
 __all__ = ["Calls"]
 
 _PRUNE_AT = 1024
+_GRACE = 1.0   # seconds a returned call to a service that answered lately is held
 
 
 @dataclass(slots=True)
@@ -42,6 +50,7 @@ class _Call:
     deadline: float | None   # epoch seconds; also the message's TTL
     held: bool = False
     holds: int = 0
+    returned_at: float = 0.0   # monotonic time of its first return; 0: never returned
 
     def expired(self, after: float = 0.0) -> bool:
         limit = self.deadline if self.deadline is not None else float("inf")
@@ -58,6 +67,7 @@ class Calls:
         self.on_answer: AnswerCallback = lambda env: None
         self.discovery: dict[str, list[dict[str, Any]]] = {}
         """Discovery answers being collected, by request correlation id."""
+        self._answered: dict[str, float] = {}   # service -> when it last answered (monotonic)
 
     def attach(self, ch: Any) -> None:
         """Consume replies and returns on ``ch``, the new connection's call channel."""
@@ -112,11 +122,20 @@ class Calls:
         why = (f"no replica serves {env.service!r} "
                f"(queue {routing_key!r}: {getattr(exc, 'reply_text', exc)})")
         call = self._out.get(env.id)
-        if call is not None and self._settling():
+        if call is not None and (self._settling() or self._grace(call)):
             self._hold(call, why)
         else:
             self._out.pop(env.id, None)
             self._unreachable(env.id, why)
+
+    def _grace(self, call: _Call) -> bool:
+        """Whether ``call``'s service answered lately and its return is still fresh."""
+        now = time.monotonic()
+        if not call.returned_at:
+            call.returned_at = now
+        answered = self._answered.get(call.service)
+        return (answered is not None and now - answered < self._link.opts.settle
+                and now - call.returned_at < _GRACE)
 
     def _hold(self, call: _Call, why: str) -> None:
         """Send ``call`` again after a backoff delay, or answer it ``unreachable`` when
@@ -166,7 +185,11 @@ class Calls:
         if env.kind not in ("reply", "error"):
             self._link.malformed(f"a {env.kind} envelope arrived as a reply")
             return
-        self._out.pop(env.re, None)
+        call = self._out.pop(env.re, None)
+        if call is not None:
+            if len(self._answered) >= _PRUNE_AT:
+                self._answered.clear()
+            self._answered[call.service] = time.monotonic()
         self.on_answer(env)
 
     def _unreachable(self, call_id: str, message: str) -> None:

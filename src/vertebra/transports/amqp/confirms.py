@@ -13,11 +13,21 @@ Either way the message may or may not be on the broker; the outbox sends it agai
 (at-least-once: a duplicate is possible, a loss is not).  A late confirm for a tag that
 gave up is ignored.  Each send waits on its own future, so one destination cannot hold
 another's sends: the broker confirms every message, routed or not.
+
+A nack replaces the confirm channel.  RabbitMQ 3.10 has a trap on quorum queues (verified
+on a 3-node cluster here): a channel whose *first* publish to a quorum queue comes while
+that queue is electing a new leader (its leader's node just died) gets a nack for that
+publish and for every later one to that queue, for as long as the channel lives, while a
+channel opened afterwards is acked at once.  A bus that fails over to another node
+re-opens its channels within that window.  So after a nack the next publishes go to a new
+channel (the outbox sends the refused one again); the old channel is closed once the
+confirms it still owes have come or timed out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -25,24 +35,44 @@ from .link import Link
 
 __all__ = ["Confirms"]
 
+_Pending = dict[int, tuple[asyncio.Future[None], Callable[[], None] | None]]
+
+
+class _Window:
+    """One confirm channel: its next delivery tag and the sends waiting for its confirms."""
+
+    __slots__ = ("ch", "next_tag", "pending")
+
+    def __init__(self, ch: Any) -> None:
+        self.ch = ch
+        self.next_tag = 1
+        self.pending: _Pending = {}
+
 
 class Confirms:
     """The publisher-confirm window of one connection's confirm channel."""
 
     def __init__(self, link: Link) -> None:
         self._link = link
-        self._next_tag = 1
-        self._pending: dict[int, tuple[asyncio.Future[None], Callable[[], None] | None]] = {}
+        self._win: _Window | None = None
+        self._retired: list[_Window] = []
+        self._renewing = False
 
     def attach(self, ch: Any) -> None:
         """Put ``ch`` (the new connection's confirm channel) in confirm mode."""
+        self._retired.clear()          # they died with the old connection
+        self._renewing = False
+        self._win = self._open(ch)
+
+    def _open(self, ch: Any) -> _Window:
         ch.confirm_select()
-        ch.events["basic_ack"].add(self._on_ack)
-        ch.events["basic_nack"].add(self._on_nack)
-        self._next_tag = 1
+        win = _Window(ch)
+        ch.events["basic_ack"].add(lambda tag, multiple: self._settle(win, tag, multiple, None))
+        ch.events["basic_nack"].add(lambda tag, multiple: self._on_nack(win, tag, multiple))
+        return win
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return sum(len(w.pending) for w in (self._win, *self._retired) if w is not None)
 
     async def publish(self, body: bytes, exchange: str, key: str,
                       then: Callable[[], None] | None = None, **props: Any) -> None:
@@ -50,25 +80,30 @@ class Confirms:
         (before anything read after it is handled).  ConnectionError when no ack comes."""
         link = self._link
         await link.ready()
+        win = self._win
+        if win is None:
+            raise ConnectionError("amqp: no confirm channel (reconnecting)")
         assert link.loop is not None
-        tag = self._next_tag
-        self._next_tag += 1
+        tag = win.next_tag
+        win.next_tag += 1
         fut: asyncio.Future[None] = link.loop.create_future()
-        self._pending[tag] = (fut, then)
+        win.pending[tag] = (fut, then)
         # call_later, not asyncio.timeout: a send may run outside a task (started eagerly)
         timer = link.loop.call_later(link.opts.confirm_timeout, self._expire, fut)
         try:
-            link.guard(link.publish, link.ch_pub, body, exchange, key, **props)
+            link.guard(link.publish, win.ch, body, exchange, key, **props)
             await fut
         finally:
             timer.cancel()
-            entry = self._pending.get(tag)
+            entry = win.pending.get(tag)
             if entry is not None and entry[0] is fut:
-                del self._pending[tag]
+                del win.pending[tag]
             if not fut.done():
                 fut.cancel()
             elif not fut.cancelled():
                 fut.exception()   # retrieved: a failure is reported by the raise above
+            if win is not self._win and not win.pending:
+                link.loop.call_soon(self._close_retired)
 
     def _expire(self, fut: asyncio.Future[None]) -> None:
         if not fut.done():
@@ -78,21 +113,53 @@ class Confirms:
 
     def fail_all(self, exc: BaseException) -> None:
         """The confirm channel is gone: every send waiting for a confirm fails with ``exc``."""
-        pending, self._pending = self._pending, {}
-        for fut, _ in pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
+        windows = [w for w in (self._win, *self._retired) if w is not None]
+        self._win, self._retired = None, []
+        for win in windows:
+            pending, win.pending = win.pending, {}
+            for fut, _ in pending.values():
+                if not fut.done():
+                    fut.set_exception(exc)
 
-    def _on_ack(self, tag: int, multiple: bool) -> None:
-        self._settle(tag, multiple, None)
-
-    def _on_nack(self, tag: int, multiple: bool) -> None:
+    def _on_nack(self, win: _Window, tag: int, multiple: bool) -> None:
         self._link.stats["nacked"] += 1
-        self._settle(tag, multiple, ConnectionError("the broker refused the message (nack)"))
+        self._settle(win, tag, multiple, ConnectionError("the broker refused the message (nack)"))
+        if win is self._win and not self._renewing:
+            self._renewing = True                 # a channel is opened outside py-amqp's
+            self._link.inbox.append(self._renew)   # callback, once this read is done
 
-    def _settle(self, tag: int, multiple: bool, exc: BaseException | None) -> None:
-        for t in [t for t in self._pending if t <= tag] if multiple else [tag]:
-            entry = self._pending.pop(t, None)
+    def _renew(self) -> None:
+        """Publish on a new channel from now on (see the module docstring: nack trap)."""
+        self._renewing = False
+        link, old = self._link, self._win
+        if old is None or link.conn.conn is None:
+            return
+        try:
+            ch = link.sync(link.conn.conn.channel)
+            win = link.sync(self._open, ch)
+        except ConnectionError:
+            return                                 # the connection is going: attach() follows
+        self._win = win
+        link.ch_pub = ch
+        link.stats["channels_renewed"] = link.stats.get("channels_renewed", 0) + 1
+        self._retired.append(old)
+        self._close_retired()
+
+    def _close_retired(self) -> None:
+        """Close every retired channel that owes no confirm any more."""
+        keep: list[_Window] = []
+        for win in self._retired:
+            if win.pending:
+                keep.append(win)
+                continue
+            with contextlib.suppress(Exception), self._link.conn.direct():
+                win.ch.close()
+        self._retired = keep
+
+    def _settle(self, win: _Window, tag: int, multiple: bool, exc: BaseException | None) -> None:
+        pending = win.pending
+        for t in [t for t in pending if t <= tag] if multiple else [tag]:
+            entry = pending.pop(t, None)
             if entry is None or entry[0].done():
                 continue
             fut, then = entry

@@ -23,7 +23,9 @@ On loss (socket error, missed heartbeats, a channel or connection exception) eve
 handle is dropped, ``on_down`` runs, and the connection is re-opened with vertebra's one
 backoff schedule (:class:`vertebra.backoff.Backoff`: 0.1 s doubling, capped at
 ``reconnect_max``, full jitter); ``on_up`` then re-declares the topology and resumes
-consuming.
+consuming.  When the URL names several brokers (a cluster), each attempt tries them all
+in ring order starting with the one after the broker that was lost (:mod:`.dial`), so a
+bus whose node died is on another node after the first backoff delay.
 """
 
 from __future__ import annotations
@@ -34,29 +36,15 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import amqp
-
 from ...backoff import Backoff
+from .dial import connect_any
 from .options import AmqpOptions
 
-__all__ = ["LoopConnection", "new_connection"]
+__all__ = ["LoopConnection"]
 
 log = logging.getLogger("vertebra.transports.amqp")
 
 _MAX_FRAMES_PER_WAKEUP = 512
-
-
-def new_connection(opts: AmqpOptions, **callbacks: Any) -> Any:
-    """A connected (blocking) py-amqp connection as ``opts`` says; runs in a worker thread.
-
-    ``callbacks`` are py-amqp's ``on_blocked`` / ``on_unblocked``.
-    """
-    conn = amqp.Connection(
-        host=opts.address, userid=opts.user, password=opts.password, virtual_host=opts.vhost,
-        heartbeat=opts.heartbeat, ssl=opts.ssl or False, connect_timeout=opts.connect_timeout,
-        **callbacks)
-    conn.connect()
-    return conn
 
 
 class _GulpRecv:
@@ -100,6 +88,8 @@ class LoopConnection:
         self._on_down = on_down
         self._stats = stats
         self.conn: Any = None
+        self.broker = 0
+        """Index (in ``opts.addresses``) of the broker connected to, or last connected to."""
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -118,21 +108,25 @@ class LoopConnection:
         """Whether a live connection is open right now."""
         return self.conn is not None
 
+    @property
+    def address(self) -> str:
+        """``host:port`` of the broker connected to (or last connected to)."""
+        return self.opts.addresses[self.broker]
+
     # -- opening --------------------------------------------------------------------------
 
-    def _new(self) -> Any:
-        return new_connection(self.opts, on_blocked=self._blocked, on_unblocked=self._unblocked)
+    def _new(self, start: int) -> tuple[Any, int]:
+        return connect_any(self.opts, start, on_blocked=self._blocked,
+                           on_unblocked=self._unblocked)
 
     async def start(self) -> None:
-        """Open the first connection; ConnectionError if the broker cannot be reached."""
+        """Open the first connection (to the first broker of the URL that accepts);
+        ConnectionError if none can be reached."""
         self._loop = asyncio.get_running_loop()
-        try:
-            conn = await asyncio.to_thread(self._new)
-        except Exception as exc:
-            raise ConnectionError(f"cannot connect to amqp broker {self.opts.address}: {exc}") from exc
+        conn, self.broker = await asyncio.to_thread(self._new, 0)
         self._attach(conn)
         if self.conn is None:
-            raise ConnectionError(f"cannot set up the amqp topology on {self.opts.address}")
+            raise ConnectionError(f"cannot set up the amqp topology on {self.address}")
         if self.opts.heartbeat:
             self._spawn(self._heartbeats())
 
@@ -275,7 +269,7 @@ class LoopConnection:
         with contextlib.suppress(Exception):
             conn.collect()
         if not self._closed:
-            log.warning("amqp connection to %s lost: %s: %s", self.opts.address,
+            log.warning("amqp connection to %s lost: %s: %s", self.address,
                         type(exc).__name__, exc)
         try:
             self._on_down(exc)
@@ -286,20 +280,24 @@ class LoopConnection:
 
     async def _reconnect(self) -> None:
         attempt = 0
+        lost = self.broker
         while not self._closed:
             await asyncio.sleep(self.backoff.delay(attempt))
             attempt += 1
-            try:
-                conn = await asyncio.to_thread(self._new)
+            try:   # the broker after the lost one first: with one broker, that one again
+                conn, index = await asyncio.to_thread(self._new, lost + 1)
             except Exception as exc:
-                log.info("reconnect to %s failed (attempt %d): %s", self.opts.address, attempt, exc)
+                log.info("reconnect failed (attempt %d): %s", attempt, exc)
                 continue
             if self._closed:
                 with contextlib.suppress(Exception):
                     conn.collect()
                 return
+            self.broker = index
             self._stats["reconnects"] = self._stats.get("reconnects", 0) + 1
-            log.info("reconnected to %s after %d attempt(s)", self.opts.address, attempt)
+            if index != lost:
+                self._stats["failovers"] = self._stats.get("failovers", 0) + 1
+            log.info("reconnected to %s after %d attempt(s)", self.address, attempt)
             self._attach(conn)
             if self.conn is not None:
                 return

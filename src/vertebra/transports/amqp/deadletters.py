@@ -6,7 +6,8 @@ how it is listed without being consumed, and how it is replayed.
   DEAD_ERROR_HEADER`: the wire error object as JSON text), is published persistent to the
   dead queue with a confirm; only then is the delivery acked.  Tasks RabbitMQ dead-letters
   by itself (bad input rejected without requeue) land there too, with its ``x-death``
-  header and no ``dead-error``: they are listed with error type ``"Rejected"``.
+  header and no ``dead-error``: they are listed with error type ``"Rejected"`` — or
+  ``"WorkerLost"`` when a quorum queue's ``delivery-limit`` (a policy) dead-lettered it.
 * Listing and replay run in a worker thread on a connection of their own (the event loop
   never waits for them): every message is taken with ``basic.get`` *without* ack, and the
   connection is closed at the end, so the broker puts back every message not acked, in
@@ -31,7 +32,7 @@ from ...wire.codec import Codec, decode
 from ...wire.deadletter import DEAD_ERROR_HEADER, DeadLetter
 from ...wire.envelope import Envelope
 from ...wire.errors import ProtocolError, wire_error
-from .connection import new_connection
+from .dial import connect_any
 from .link import body_of
 from .options import AmqpOptions
 from .topology import REDELIVERIES_HEADER, Topology
@@ -71,20 +72,23 @@ def _dead_letter(msg: Any) -> DeadLetter | None:
         headers = msg.properties.get("application_headers") or {}
         deaths = headers.get("x-death") or [{}]
         reason = deaths[0].get("reason", "rejected") if isinstance(deaths[0], dict) else "rejected"
-        error = wire_error("protocol", "Rejected",
-                           f"dead-lettered by the broker ({reason}): a node could not run it")
+        if reason == "delivery_limit":   # a quorum queue's delivery-limit (policy)
+            error = wire_error("remote", "WorkerLost", "dead-lettered by the broker "
+                               "(delivery_limit): delivered too often without being acknowledged")
+        else:
+            error = wire_error("protocol", "Rejected",
+                               f"dead-lettered by the broker ({reason}): a node could not run it")
     redeliveries = (msg.properties.get("application_headers") or {}).get(REDELIVERIES_HEADER)
     if isinstance(redeliveries, int):
         error = {**error, "redeliveries": redeliveries}
     return DeadLetter.of(env, error)
 
 
-def _open_dead(opts: AmqpOptions, topology: Topology, service: str) -> tuple[Any, Any] | None:
-    """A connection and channel on which ``service``'s dead queue exists; None if it does not."""
-    try:
-        conn = new_connection(dataclasses.replace(opts, heartbeat=0))   # short-lived
-    except Exception as exc:
-        raise ConnectionError(f"cannot connect to amqp broker {opts.address}: {exc}") from exc
+def _open_dead(opts: AmqpOptions, topology: Topology, service: str,
+               start: int) -> tuple[Any, Any] | None:
+    """A connection (to broker ``start``, or the next that accepts) and channel on which
+    ``service``'s dead queue exists; None if it does not."""
+    conn, _ = connect_any(dataclasses.replace(opts, heartbeat=0), start)   # short-lived
     try:
         ch = conn.channel()
         ch.queue_declare(topology.dead_queue(service), passive=True)
@@ -108,10 +112,11 @@ def _close(conn: Any) -> None:
             log.debug("amqp: closing the dead-letter connection failed", exc_info=True)
 
 
-def list_dead(opts: AmqpOptions, topology: Topology, service: str) -> list[DeadLetter]:
+def list_dead(opts: AmqpOptions, topology: Topology, service: str,
+              start: int = 0) -> list[DeadLetter]:
     """The dead letters of ``service``, oldest first; consumes nothing (blocking: run it
-    in a worker thread)."""
-    opened = _open_dead(opts, topology, service)
+    in a worker thread).  ``start``: the broker to connect to first."""
+    opened = _open_dead(opts, topology, service, start)
     if opened is None:
         return []
     conn, ch = opened
@@ -129,10 +134,11 @@ def list_dead(opts: AmqpOptions, topology: Topology, service: str) -> list[DeadL
 
 
 def replay_dead(opts: AmqpOptions, topology: Topology, codec: Codec, service: str,
-                ids: list[str] | None) -> int:
+                ids: list[str] | None, start: int = 0) -> int:
     """Send ``service``'s dead letters with ``ids`` (all when None) back to its task queue;
-    how many were sent (blocking: run it in a worker thread)."""
-    opened = _open_dead(opts, topology, service)
+    how many were sent (blocking: run it in a worker thread).  ``start``: the broker to
+    connect to first."""
+    opened = _open_dead(opts, topology, service, start)
     if opened is None:
         return 0
     conn, ch = opened

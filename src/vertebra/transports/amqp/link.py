@@ -58,7 +58,7 @@ class Link:
         self.opts = opts
         self.codec = codec
         self.stats = stats
-        self.topology = Topology(opts.prefix, opts.expires_ms)
+        self.topology = Topology(opts.prefix, opts.expires_ms, opts.quorum)
         self.conn = LoopConnection(opts, on_up, on_down, stats)
         self.conn.after_read = self._drain_inbox
         self.inbox: list[Callable[[], None]] = []
@@ -150,7 +150,11 @@ class Link:
                 return getattr(self.ch_setup, method)(*args, **kwargs)
         except amqp.exceptions.ChannelError as exc:
             self.ch_setup = self.sync(self.conn.conn.channel)
-            raise ProtocolError(f"the broker refused {method} {args[0]!r}: {exc}") from exc
+            hint = ""
+            if "x-queue-type" in str(exc):
+                hint = (f" (this bus declares {self.opts.queue_type} queues: every bus of a "
+                        "network must use the same queue_type)")
+            raise ProtocolError(f"the broker refused {method} {args[0]!r}: {exc}{hint}") from exc
         except LIBRARY_ERRORS as exc:
             self.conn.lost(exc)
             raise ConnectionError(f"amqp: {type(exc).__name__}: {exc}") from exc

@@ -4,9 +4,15 @@ tasks, the poison limit, and answering discovery for the services served here.
 Attempts are the node's business: a task that failed and may run again is re-sent by the
 node (``attempt`` header) and this delivery acked; ``reject(False, error)`` buries it
 (:mod:`.deadletters`).  The transport's own limit is for a task whose *worker dies* with
-it: a delivery flagged ``redelivered`` is not run but re-published with the AMQP header
-``x-vertebra-redeliveries`` + 1 (confirmed; the original acked in the confirm's callback),
-and at ``max_redeliveries`` buried with error type ``WorkerLost`` — so a crash loop ends.
+it.  A quorum queue counts deliveries itself (``x-delivery-count``): a redelivery is run
+while that count is below ``max_redeliveries`` and buried with error type ``WorkerLost``
+when it reaches it.  A classic queue does not count: a delivery flagged ``redelivered`` is
+not run but re-published with the AMQP header ``x-vertebra-redeliveries`` + 1 (confirmed;
+the original acked in the confirm's callback), and buried likewise at the limit — so a
+crash loop ends on either.
+
+A consumer the broker cancels (its queue was deleted: on a cluster, a call queue whose
+node died) is declared and consumed again (:meth:`Serving._cancelled`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import contextlib
 import logging
 from typing import Any
 
+from ...backoff import Backoff
 from ...wire.codec import decode
 from ...wire.deadletter import DeadLetter
 from ...wire.envelope import Envelope
@@ -26,7 +33,7 @@ from .deadletters import dead_body
 from .discovery import answer_message
 from .incoming import AmqpIncoming, Served
 from .link import Link, body_of
-from .topology import REDELIVERIES_HEADER
+from .topology import DELIVERY_COUNT, REDELIVERIES_HEADER
 
 __all__ = ["Serving"]
 
@@ -43,6 +50,7 @@ class Serving:
         self._confirms = confirms
         self.services: dict[str, Served] = {}
         self._ch_control: Any = None
+        self._backoff = Backoff(base=0.1, cap=link.opts.reconnect_max)
 
     # -- consumers --------------------------------------------------------------------------
 
@@ -83,17 +91,50 @@ class Serving:
         link, name = self.link, served.info.name
         link.declare_task_queue(name)
         ch = conn.channel()
-        ch.basic_qos(0, served.prefetch, True)   # global: shared by its two consumers
-        call_q = link.topology.call_queue(name)
-        ch.queue_declare(call_q, durable=False, auto_delete=True)
+        # Classic: one global window shared by the two consumers.  Quorum queues refuse a
+        # global qos (NOT_IMPLEMENTED): each consumer gets the window (the node's own
+        # concurrency still bounds what runs at once).
+        ch.basic_qos(0, served.prefetch, not link.opts.quorum)
         served.channel = ch
+        served.tags = [self._consume(served, ch, link.topology.call_queue(name)),
+                       self._consume(served, ch, link.topology.task_queue(name))]
+        self._ensure_control(conn)
+
+    def _consume(self, served: Served, ch: Any, queue: str) -> str:
+        link = self.link
+        if queue == link.topology.call_queue(served.info.name):
+            ch.queue_declare(queue, durable=False, auto_delete=True)
 
         def deliver(msg: Any) -> None:
             link.inbox.append(lambda: self._on_work(served, ch, msg))
 
-        served.tags = [ch.basic_consume(call_q, callback=deliver),
-                       ch.basic_consume(link.topology.task_queue(name), callback=deliver)]
-        self._ensure_control(conn)
+        def cancelled(tag: str) -> None:   # the broker cancelled it: see _cancelled
+            link.inbox.append(lambda: self._cancelled(served, ch, queue, tag, 0))
+
+        tag: str = ch.basic_consume(queue, callback=deliver, on_cancel=cancelled)
+        return tag
+
+    def _cancelled(self, served: Served, ch: Any, queue: str, tag: str, attempt: int) -> None:
+        """The broker cancelled a consumer of ``served``: its queue was deleted.  On a
+        cluster that is a call queue (classic, transient) whose node died while this bus,
+        on another node, consumed it — the replicas there reconnect and declare it anew.
+        Declare it again here and consume it, with backoff while the broker refuses."""
+        link = self.link
+        if served.stopped or ch is not served.channel or tag not in served.tags:
+            return
+        link.stats["consumers_cancelled"] = link.stats.get("consumers_cancelled", 0) + 1
+        try:
+            new_tag = link.sync(self._consume, served, ch, queue)
+        except (ConnectionError, ProtocolError) as exc:
+            log.info("amqp: consuming %s again failed (%s); retrying", queue, exc)
+            if link.loop is not None and not link.closed:
+                link.loop.call_later(self._backoff.delay(attempt), self._cancelled, served, ch,
+                                     queue, tag, attempt + 1)
+            return
+        finally:
+            link.kick()
+        served.tags = [new_tag if t == tag else t for t in served.tags]
+        log.info("amqp: the broker cancelled the consumer of %s; consuming it again", queue)
 
     def _check(self, served: Served, msg: Any, body: bytes) -> tuple[Envelope | None, str]:
         """The envelope of a delivery, or why it cannot be run."""
@@ -127,7 +168,14 @@ class Serving:
         served.inflight += 1
         incoming = AmqpIncoming(env, self, served, ch, tag, body, dict(msg.properties))
         if env.kind != "call" and msg.delivery_info.get("redelivered"):
-            self.link.spawn(self._redelivered(incoming))
+            count = (msg.properties.get("application_headers") or {}).get(DELIVERY_COUNT)
+            if not isinstance(count, int):
+                self.link.spawn(self._redelivered(incoming))   # classic: count by re-publishing
+            elif count >= self.link.opts.max_redeliveries:
+                self.link.spawn(self._lost(incoming, count))   # quorum: the broker counted
+            else:
+                self.link.stats["redelivered"] += 1
+                self.link.spawn(served.handler(incoming))
         else:
             self.link.spawn(served.handler(incoming))
 
@@ -191,6 +239,16 @@ class Serving:
                   env.service, env.method, dead.attempts, dead.error["type"], dead.error["message"])
         return True
 
+    async def _lost(self, incoming: AmqpIncoming, count: int) -> None:
+        """Bury a task delivered ``count`` times before without an ack (WorkerLost)."""
+        try:
+            await self.bury(incoming, wire_error(
+                "remote", "WorkerLost", f"delivered {count} time(s) without being "
+                "acknowledged: its worker died each time"), {REDELIVERIES_HEADER: count})
+        finally:
+            incoming._done = True
+            incoming._finish()
+
     async def _redelivered(self, incoming: AmqpIncoming) -> None:
         """A task that was delivered before and never acked: count it, then run the copy."""
         link, env = self.link, incoming.envelope
@@ -198,12 +256,10 @@ class Serving:
         count = headers.get(REDELIVERIES_HEADER, 0)
         count = (count if isinstance(count, int) else 0) + 1
         headers[REDELIVERIES_HEADER] = count
+        if count >= link.opts.max_redeliveries:
+            await self._lost(incoming, count)
+            return
         try:
-            if count >= link.opts.max_redeliveries:
-                await self.bury(incoming, wire_error(
-                    "remote", "WorkerLost", f"delivered {count} time(s) without being "
-                    "acknowledged: its worker died each time"), {REDELIVERIES_HEADER: count})
-                return
             link.stats["redelivered"] += 1
             props = {k: v for k, v in incoming.properties.items() if k in _KEPT_PROPERTIES}
             try:

@@ -17,12 +17,22 @@ Guarantees:
 * Casts and tasks: a durable queue per service, persistent messages, publisher confirms
   (``send`` returns once the broker has the message; a confirm that cannot come fails the
   send with ConnectionError, at once on connection loss, else after ``confirm_timeout``),
-  manual ack after the handler ends, ``basic.qos`` prefetch per served service.  A worker
-  that dies unacked: redelivered.  Attempts are the node's: ``reject(False, error)`` buries
+  manual ack after the handler ends, ``basic.qos`` prefetch per served service (one
+  global window on classic queues, one per consumer on quorum queues).  A worker that
+  dies unacked: redelivered.  Attempts are the node's: ``reject(False, error)`` buries
   the task in the service's durable dead queue, listed by :meth:`dead_letters` without
   consuming it and sent back by :meth:`replay` (:mod:`.deadletters`).  A task redelivered
   unacked ``max_redeliveries`` times (default 10: its worker dies on it each time) is
   buried by the transport with error type ``WorkerLost``, so even a crash loop ends.
+* A RabbitMQ cluster: a URL may name several brokers (:mod:`.options`); the bus connects
+  to the first that answers and, when it is lost, to the next (:mod:`.dial`), then
+  re-declares and resumes consuming.  Task and dead queues are then quorum queues by
+  default (replicated: a task survives the loss of a node; the broker's own delivery
+  count feeds the poison limit).  A nack moves publishing to a new channel (a RabbitMQ
+  3.10 quorum-queue trap, :mod:`.confirms`); a consumer the broker cancels (its call
+  queue died with its node) consumes the re-declared queue again (:mod:`.serving`); a
+  call returned unrouted for a service that answered lately is held up to 1 s while
+  its replicas re-declare (:mod:`.calls`).
 * Events: one topic exchange; a pattern is the binding key, one to one; one exclusive
   auto-delete queue per subscribing bus; confirmed publish.
 * Connection loss: heartbeats; reconnect with backoff, re-declare, resume consuming.  A
@@ -36,9 +46,14 @@ Guarantees:
 Cannot:
 
 * Redeliveries are counted whatever their cause: a task that was prefetched by a node that
-  stopped, or that was unacked across a broker restart, counts one too (hence the limit of
-  10).  Duplicates are possible (at-least-once): a confirm lost with the connection makes
-  the outbox send again.
+  stopped, or that was unacked across a broker restart or a failover, counts one too
+  (hence the limit of 10).  Duplicates are possible (at-least-once): a confirm lost with
+  the connection makes the outbox send again, and a task run by a worker whose node died
+  before its ack arrived runs again elsewhere.
+* Events published while a subscriber fails over to another node are missed by it (its
+  exclusive queue died with its node).  A call in flight to a replica whose node died
+  ends at its deadline (CallTimeout); a call on the wire when the caller's own node dies
+  is answered ``unreachable`` at once.
 * Calls are at-most-once: a call queued when its last replica stops is lost with the
   auto-delete queue, and the caller times out.
 * Declarations (serve, subscribe, first task to a service, reconnect) wait one broker
@@ -82,7 +97,8 @@ class AmqpTransport(Transport):
         super().__init__(url, codec)
         self.opts = parse_url(url)
         self.stats.update({"returned": 0, "held": 0, "buried": 0, "redelivered": 0,
-                           "dropped": 0, "nacked": 0, "confirm_timeouts": 0})
+                           "dropped": 0, "nacked": 0, "confirm_timeouts": 0, "failovers": 0,
+                           "channels_renewed": 0, "consumers_cancelled": 0})
         self._link = Link(self.opts, codec, self.stats, self._up, self._down)
         self.topology = self._link.topology
         self._confirms = Confirms(self._link)
@@ -97,6 +113,11 @@ class AmqpTransport(Transport):
     def connected(self) -> bool:
         """Whether the connection to the broker is up right now."""
         return self._link.conn.up
+
+    @property
+    def broker(self) -> str:
+        """``host:port`` of the broker this bus is connected to (or was, while down)."""
+        return self._link.conn.address
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -141,7 +162,8 @@ class AmqpTransport(Transport):
         self._ch_events = None
         self._serving.dropped()
         self._confirms.fail_all(ConnectionError(f"amqp connection lost: {exc}"))
-        self._calls.lost("the connection to the broker was lost; the call may or may not have run")
+        self._calls.lost(f"the connection to the broker {self._link.conn.address} was lost; "
+                         "the call may or may not have run")
 
     # -- sending --------------------------------------------------------------------------
 
@@ -181,14 +203,15 @@ class AmqpTransport(Transport):
     async def dead_letters(self, service: str) -> list[DeadLetter]:
         """The tasks buried in ``service``'s dead queue, oldest first; consumes nothing."""
         await self._link.ready()
-        return await asyncio.to_thread(list_dead, self.opts, self.topology, service)
+        return await asyncio.to_thread(list_dead, self.opts, self.topology, service,
+                                       self._link.conn.broker)
 
     async def replay(self, service: str, ids: list[str] | None = None) -> int:
         """Send ``service``'s dead letters (those with ``ids``; all when None) back to its
         task queue as first attempts, confirmed, and remove them from the dead queue."""
         await self._link.ready()
         return await asyncio.to_thread(replay_dead, self.opts, self.topology, self.codec,
-                                       service, ids)
+                                       service, ids, self._link.conn.broker)
 
     # -- discovery ------------------------------------------------------------------------
 
