@@ -7,6 +7,9 @@ exchanges and queues are its own.  What a test created is deleted when it ends (
 names that follow from its roles and the prefix's exchanges), and once more at the end of
 the session every queue and exchange whose name starts with the session's prefix (listed
 with ``rabbitmqctl``).  Queues also carry ``x-expires`` as a last resort.
+
+:class:`PrivateNode` is one private node (also the building block of
+tests/servers/rabbit_cluster.py).
 """
 
 from __future__ import annotations
@@ -136,68 +139,122 @@ class Server:
                      [e for e in exchanges if e.startswith(mine)])
 
 
-def _start_private(tmp_dir: Path, tls: bool = False) -> tuple[Server, Callable[[], None]]:
-    """Start a private RabbitMQ node under ``tmp_dir`` (the recipe's approach); with
-    ``tls`` also an amqps listener with a self-signed certificate for localhost."""
-    if not os.path.exists(SERVER_BIN):
-        raise RuntimeError("no broker on 127.0.0.1:5672 and rabbitmq-server is not installed "
-                           "(apt-get install rabbitmq-server)")
-    d = (tmp_dir / "rabbitmq").resolve()
-    (d / "mnesia").mkdir(parents=True, exist_ok=True)
-    (d / "log").mkdir(exist_ok=True)
-    port, dist = _free_port(), _free_port()
-    node = f"rabbit_vt_{port}@localhost"
-    (d / "rabbitmq-env.conf").write_text("")
-    (d / "enabled_plugins").write_text("[].\n")
-    conf = "log.console = false\nlog.file.level = info\n"
-    tls_port = None
-    if tls:
-        tls_port = _free_port()
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30", "-subj",
-                        "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                        "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-                       check=True, capture_output=True)
-        conf += (f"listeners.ssl.default = 127.0.0.1:{tls_port}\n"
-                 f"ssl_options.cacertfile = {d / 'cert.pem'}\n"
-                 f"ssl_options.certfile = {d / 'cert.pem'}\n"
-                 f"ssl_options.keyfile = {d / 'key.pem'}\n"
-                 "ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n")
-    (d / "rabbitmq.conf").write_text(conf)
-    env = dict(os.environ, HOME=str(d), ERL_EPMD_ADDRESS="127.0.0.1", RABBITMQ_NODENAME=node,
-               RABBITMQ_NODE_IP_ADDRESS="127.0.0.1", RABBITMQ_NODE_PORT=str(port),
-               RABBITMQ_DIST_PORT=str(dist),
-               RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
-               RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
-               RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"),
-               RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
-               RABBITMQ_MNESIA_BASE=str(d / "mnesia"), RABBITMQ_LOG_BASE=str(d / "log"),
-               RABBITMQ_PID_FILE=str(d / "rabbit.pid"))
-    with open(d / "stdout.log", "wb") as out:
-        proc = subprocess.Popen([SERVER_BIN], env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not probe("127.0.0.1", port):
-        if proc.poll() is not None:
-            raise RuntimeError(f"private rabbitmq exited: {(d / 'stdout.log').read_text()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("private rabbitmq did not accept AMQP within 60 s")
-        time.sleep(0.1)
+class PrivateNode:
+    """One private RabbitMQ node under ``directory``: its own node name, AMQP and
+    distribution ports, cookie (``HOME`` = its directory), config, data and logs; loopback
+    only; no plugins.  ``start`` returns at once, ``wait_ready`` waits for AMQP; ``kill``
+    is a SIGKILL of the whole process group (the node dies as in a crash), and ``start``
+    again brings the same node back on the same data (and into its cluster)."""
 
-    def stop() -> None:
+    def __init__(self, directory: Path, name: str, cookie: str | None = None,
+                 tls: bool = False) -> None:
+        if not os.path.exists(SERVER_BIN):
+            raise RuntimeError("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+        d = self.dir = directory.resolve()
+        (d / "mnesia").mkdir(parents=True, exist_ok=True)
+        (d / "log").mkdir(exist_ok=True)
+        self.port, dist = _free_port(), _free_port()
+        self.node = f"{name}_{self.port}@localhost"
+        if cookie is not None:
+            cookie_file = d / ".erlang.cookie"
+            cookie_file.write_text(cookie)
+            cookie_file.chmod(0o400)
+        (d / "rabbitmq-env.conf").write_text("")
+        (d / "enabled_plugins").write_text("[].\n")
+        conf = "log.console = false\nlog.file.level = info\n"
+        self.tls_port: int | None = None
+        self.ca_file: str | None = None
+        if tls:
+            self.tls_port, self.ca_file = _free_port(), str(d / "cert.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30", "-subj",
+                            "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                            "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+                           check=True, capture_output=True)
+            conf += (f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+                     f"ssl_options.cacertfile = {d / 'cert.pem'}\n"
+                     f"ssl_options.certfile = {d / 'cert.pem'}\n"
+                     f"ssl_options.keyfile = {d / 'key.pem'}\n"
+                     "ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n")
+        (d / "rabbitmq.conf").write_text(conf)
+        self.env = dict(
+            os.environ, HOME=str(d), ERL_EPMD_ADDRESS="127.0.0.1", RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1", RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(dist),
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
+            RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
+            RABBITMQ_MNESIA_BASE=str(d / "mnesia"), RABBITMQ_LOG_BASE=str(d / "log"),
+            RABBITMQ_PID_FILE=str(d / "rabbit.pid"))
+        self.ctl_cmd = [CTL_BIN, "-n", self.node]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the node's process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        """Launch the node (returns at once; see :meth:`wait_ready`)."""
+        with open(self.dir / "stdout.log", "ab") as out:
+            self.proc = subprocess.Popen([SERVER_BIN], env=self.env, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Return once the node answers AMQP; RuntimeError if it exits or takes too long."""
+        deadline = time.monotonic() + timeout
+        while not probe("127.0.0.1", self.port):
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"rabbitmq node {self.node} exited: "
+                                   f"{(self.dir / 'stdout.log').read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"rabbitmq node {self.node} did not accept AMQP within "
+                                   f"{timeout:g} s (see {self.dir / 'log'})")
+            time.sleep(0.05)
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """Run rabbitmqctl against this node; its stdout (CalledProcessError on failure)."""
+        out = subprocess.run([*self.ctl_cmd, *args], env=self.env, capture_output=True,
+                             text=True, timeout=timeout, check=True)
+        return out.stdout
+
+    def kill(self) -> None:
+        """SIGKILL the node's process group and reap it: a crash, no clean shutdown."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM), SIGKILL after 30 s."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            self.kill()
 
-    ctl = [CTL_BIN, "-n", node]
-    ca = str(d / "cert.pem") if tls else None
-    return Server("127.0.0.1", port, ctl, {**env}, tls_port, ca), stop
+    def server(self) -> Server:
+        """A :class:`Server` for this node (URLs, namespaces, cleanup)."""
+        return Server("127.0.0.1", self.port, self.ctl_cmd, dict(self.env), self.tls_port,
+                      self.ca_file)
+
+
+def _start_private(tmp_dir: Path, tls: bool = False) -> tuple[Server, Callable[[], None]]:
+    """Start a private RabbitMQ node under ``tmp_dir`` (the recipe's approach); with
+    ``tls`` also an amqps listener with a self-signed certificate for localhost."""
+    node = PrivateNode(tmp_dir / "rabbitmq", "rabbit_vt", tls=tls)
+    node.start()
+    node.wait_ready()
+    return node.server(), node.stop
 
 
 @contextlib.contextmanager
@@ -212,7 +269,15 @@ def running_private_tls(tmp_dir: Path) -> Iterator[Server]:
 
 @contextlib.contextmanager
 def running(tmp_dir: Path) -> Iterator[Server]:
-    """The broker on 5672 when one answers, else a private one; raise if neither works."""
+    """The broker on 5672 when one answers, else a private one; raise if neither works.
+    ``VERTEBRA_AMQP_CLUSTER=1``: a private three-node cluster instead (its URLs name the
+    three nodes, so queues are quorum queues) — e.g. to run the conformance suite on it."""
+    if os.environ.get("VERTEBRA_AMQP_CLUSTER"):
+        from . import rabbit_cluster
+
+        with rabbit_cluster.running(Path(tmp_dir)) as cluster:
+            yield cluster.server()
+        return
     stop: Callable[[], None] | None = None
     if not os.environ.get("VERTEBRA_AMQP_PRIVATE") and probe("127.0.0.1", 5672):
         ctl = [shutil.which("rabbitmqctl") or "rabbitmqctl"]

@@ -14,7 +14,8 @@ from vertebra import Node, event, rpc, task
 
 class Jobs(Node):
     """Records tasks; a task named ``fail*`` always raises, ``fixable*`` raises until
-    ``fixed`` is set, ``crash*`` kills the process, ``block*`` hangs for a while."""
+    ``fixed`` is set, ``crash*`` kills the process, ``block*`` hangs for a while,
+    ``slow*`` takes half a second, ``busy*`` 10 ms."""
 
     name = "jobs"
     retry_delay = 0.01
@@ -48,6 +49,8 @@ class Jobs(Node):
             time.sleep(30)
         if job.startswith("slow"):
             time.sleep(0.5)
+        if job.startswith("busy"):
+            time.sleep(0.01)
         with self.lock:
             self.done.append(job)
         self._note(f"done {job}")

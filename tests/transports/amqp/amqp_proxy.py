@@ -1,6 +1,8 @@
 """A TCP proxy between a bus and RabbitMQ that injects faults on the wire: a link that goes
-silent but stays open (``freeze_all``), links cut (``cut_all``), and new links refused
-while ``refusing`` is set (a broker that is down for this bus only)."""
+silent but stays open (``freeze_all``), links cut (``cut_all``), new links refused while
+``refusing`` is set (a broker that is down for this bus only), and links held still
+without losing a byte (``pause_all`` / ``resume_all``: the bus sees what the broker said
+only later)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ class LinkProxy:
                 server = await asyncio.start_server(self._link, "127.0.0.1", 0)
                 self.port = server.sockets[0].getsockname()[1]
                 self.stop = asyncio.Event()
+                self.flowing = asyncio.Event()
+                self.flowing.set()
                 ready.set()
                 await self.stop.wait()
                 server.close()
@@ -63,6 +67,7 @@ class LinkProxy:
         async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             try:
                 while data := await r.read(65536):
+                    await self.flowing.wait()
                     if not self.frozen[idx]:
                         w.write(data)
                         await w.drain()
@@ -76,6 +81,16 @@ class LinkProxy:
     def freeze_all(self) -> None:
         """Every open link stops forwarding, and stays open."""
         self.frozen[:] = [True] * len(self.frozen)
+
+    def pause_all(self) -> None:
+        """Hold every byte in the proxy (nothing is lost) until :meth:`resume_all`."""
+        async def pause() -> None:
+            self.flowing.clear()
+        asyncio.run_coroutine_threadsafe(pause(), self.loop).result(10)
+
+    def resume_all(self) -> None:
+        """Forward again, what was held first."""
+        self.loop.call_soon_threadsafe(self.flowing.set)
 
     def cut_all(self) -> None:
         """Close every open link (from the proxy's thread)."""

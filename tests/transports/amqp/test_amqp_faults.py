@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from amqp_nodes import Live
+from amqp_nodes import Jobs, Live
+from amqp_proxy import LinkProxy
 
+import vertebra
 from vertebra.transports.amqp.topology import Topology
 
 HERE = Path(__file__).resolve().parent
@@ -122,5 +124,41 @@ def depth(amqp_server, queue: str) -> int:
         return int(conn.channel().queue_declare(queue, passive=True).message_count)
     except Exception:
         return 0
+    finally:
+        conn.close()
+
+
+async def test_a_call_queue_deleted_under_a_live_replica_comes_back_and_calls_bridge_the_gap(
+        ns, bus_for, amqp_server):
+    # What a replica on a cluster sees when the node holding its call queue dies: the queue
+    # is gone, the broker cancels the consumer (basic.cancel).  The replica reaches the
+    # broker through a proxy held still, so that callers meet the gap for sure.
+    proxy = LinkProxy(amqp_server.port)
+    await proxy.start()
+    try:
+        async with vertebra.connect_async(proxy.url(ns("jobs"), amqp_server.port)) as node:
+            await node.serve(Jobs())
+            client, stranger = await bus_for(), await bus_for("client2")
+            assert await client.call("jobs", "ping") == "pong"
+            await asyncio.to_thread(proxy.pause_all)
+            prefix = ns("jobs").split("prefix=")[1].split("&")[0]
+            await asyncio.to_thread(_delete_queue, amqp_server, Topology(prefix).call_queue("jobs"))
+            calls = [asyncio.ensure_future(client.call("jobs", "ping", timeout=30)) for _ in range(5)]
+            await eventually(lambda: client.transport.stats["held"] >= 1,
+                             what="a call came back unrouted and was held")
+            with pytest.raises(vertebra.Unreachable):       # never answered by it: no grace
+                await stranger.call("jobs", "ping", timeout=30)
+            proxy.resume_all()
+            assert await asyncio.gather(*calls) == ["pong"] * 5
+            assert node.transport.stats["consumers_cancelled"] == 1
+            assert await stranger.call("jobs", "ping") == "pong"
+    finally:
+        await proxy.close()
+
+
+def _delete_queue(amqp_server, queue: str) -> None:
+    conn = amqp_server.connection()
+    try:
+        conn.channel().queue_delete(queue)
     finally:
         conn.close()

@@ -4,6 +4,7 @@ broker needed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import subprocess
@@ -52,13 +53,92 @@ def test_amqps_ssl_options():
     assert o.ssl == {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": "/ca.pem", "certfile": "/c.pem",
                      "keyfile": "/k.pem", "server_hostname": "broker"}
     assert parse_url("amqps://h/?verify=0").ssl == {"cert_reqs": ssl.CERT_NONE}
-    assert parse_url("amqps://h/").ssl["server_hostname"] == "h"
+    assert parse_url("amqps://h/").ssl_for("h")["server_hostname"] == "h"
+    several = parse_url("amqps://a,b:5673/")               # each broker's own name is checked
+    assert [several.ssl_for(h)["server_hostname"] for h, _ in several.brokers] == ["a", "b"]
+    assert parse_url("amqp://h").ssl_for("h") is False
+
+
+def test_a_url_naming_several_brokers():
+    o = parse_url("amqp://u:p@h1:5672,h2:5673,h3,[::1]:5674/vh?prefix=x.")
+    assert o.brokers == (("h1", 5672), ("h2", 5673), ("h3", 5672), ("::1", 5674))
+    assert o.addresses == ["h1:5672", "h2:5673", "h3:5672", "[::1]:5674"]
+    assert (o.host, o.port, o.user, o.password, o.vhost) == ("h1", 5672, "u", "p", "vh")
+    assert parse_url("amqps://a,b/").brokers == (("a", 5671), ("b", 5671))
+    with pytest.raises(ValueError, match="bad port"):
+        parse_url("amqp://h1:56x,h2/")
+
+
+def test_queue_type_is_quorum_for_several_brokers_unless_told():
+    assert parse_url("amqp://h/").queue_type == "classic" and not parse_url("amqp://h/").quorum
+    assert parse_url("amqp://a,b/").quorum
+    assert parse_url("amqp://h/?queue_type=quorum").quorum
+    assert not parse_url("amqp://a,b/?queue_type=classic").quorum
+    with pytest.raises(ValueError, match="queue_type"):
+        parse_url("amqp://h/?queue_type=stream")
+    quorum = Topology("p.", quorum=True)
+    assert quorum.task_arguments("s")["x-queue-type"] == "quorum"
+    assert quorum.dead_arguments() == {"x-queue-type": "quorum"}
+    assert "x-queue-type" not in Topology("p.").task_arguments("s")
+
+
+async def test_reconnecting_starts_with_the_broker_after_the_one_lost(monkeypatch):
+    import vertebra.transports.amqp.connection as connection
+
+    starts: list[int] = []
+
+    def fake_connect_any(opts, start, **callbacks):
+        starts.append(start)
+        raise ConnectionError("nobody")
+
+    monkeypatch.setattr(connection, "connect_any", fake_connect_any)
+    conn = LoopConnection(parse_url("amqp://a,b,c/?reconnect_max=0.01"), print, print, {})
+    conn._loop = asyncio.get_running_loop()
+    conn.broker = 1
+    task = asyncio.ensure_future(conn._reconnect())
+    while len(starts) < 2:
+        await asyncio.sleep(0.005)
+    await conn.close()
+    task.cancel()
+    assert starts[:2] == [2, 2]          # each attempt tries all, from the next one round
+
+
+def test_connect_any_tries_each_broker_once_in_ring_order(monkeypatch):
+    import vertebra.transports.amqp.dial as dial
+
+    tried: list[int] = []
+
+    def fake_new(opts, index, **callbacks):
+        tried.append(index)
+        if index != 0:
+            raise OSError("refused")
+        return "conn"
+
+    monkeypatch.setattr(dial, "new_connection", fake_new)
+    opts = parse_url("amqp://a,b,c/")
+    assert dial.connect_any(opts, 1) == ("conn", 0) and tried == [1, 2, 0]
+    tried.clear()
+    monkeypatch.setattr(dial, "new_connection", lambda o, i, **c: (_ for _ in ()).throw(OSError(i)))
+    with pytest.raises(ConnectionError, match=r"a:5672.*b:5672.*c:5672"):
+        dial.connect_any(opts, 0)
 
 
 def test_reconnects_use_the_one_backoff_capped_at_reconnect_max():
     conn = LoopConnection(parse_url("amqp://h/?reconnect_max=2"), print, print, {})
     assert (conn.backoff.base, conn.backoff.cap) == (0.1, 2.0)
     assert conn.backoff.delay(3) <= 0.8 and conn.backoff.delay(50) <= 2.0
+
+
+def _fake_channel() -> SimpleNamespace:
+    ch = SimpleNamespace(confirm_select=lambda: None, closed=False,
+                         events={"basic_ack": set(), "basic_nack": set()})
+    ch.close = lambda: setattr(ch, "closed", True)
+    return ch
+
+
+def _fire(ch, event: str, tag: int, multiple: bool) -> None:
+    for callback in list(ch.events[event]):
+        callback(tag, multiple)
 
 
 class _FakeLink:
@@ -68,9 +148,16 @@ class _FakeLink:
         self.opts = parse_url(f"amqp://h/?confirm_timeout={confirm_timeout}")
         self.stats = {"confirm_timeouts": 0, "nacked": 0}
         self.loop = asyncio.get_running_loop()
-        self.ch_pub = SimpleNamespace(confirm_select=lambda: None,
-                                      events={"basic_ack": set(), "basic_nack": set()})
-        self.published: list[bytes] = []
+        self.ch_pub = _fake_channel()
+        self.opened: list[SimpleNamespace] = []
+        self.conn = SimpleNamespace(conn=SimpleNamespace(channel=self._channel),
+                                    direct=contextlib.nullcontext)
+        self.inbox: list = []
+        self.published: list[tuple[object, bytes]] = []
+
+    def _channel(self) -> SimpleNamespace:
+        self.opened.append(_fake_channel())
+        return self.opened[-1]
 
     async def ready(self) -> None:
         pass
@@ -78,8 +165,10 @@ class _FakeLink:
     def guard(self, fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
+    sync = guard
+
     def publish(self, ch, body, exchange, key, **props):
-        self.published.append(body)
+        self.published.append((ch, body))
 
 
 async def test_a_confirm_that_never_comes_fails_the_send_with_connection_error():
@@ -89,7 +178,7 @@ async def test_a_confirm_that_never_comes_fails_the_send_with_connection_error()
     with pytest.raises(ConnectionError, match="no confirm"):
         await confirms.publish(b"x", "", "q")
     assert link.stats["confirm_timeouts"] == 1 and len(confirms) == 0
-    confirms._on_ack(1, False)                       # a late confirm is ignored
+    _fire(link.ch_pub, "basic_ack", 1, False)        # a late confirm is ignored
 
 
 async def test_confirms_settle_one_many_and_fail_on_nack_and_loss():
@@ -101,13 +190,38 @@ async def test_confirms_settle_one_many_and_fail_on_nack_and_loss():
              for i in range(5)]
     await asyncio.sleep(0)
     assert len(confirms) == 5
-    confirms._on_ack(2, True)                        # tags 1 and 2
-    confirms._on_nack(3, False)
+    _fire(link.ch_pub, "basic_ack", 2, True)         # tags 1 and 2
+    _fire(link.ch_pub, "basic_nack", 3, False)
     confirms.fail_all(ConnectionError("lost"))
     results = await asyncio.gather(*sends, return_exceptions=True)
     assert results[:2] == [None, None] and ran == [0, 1]
     assert [str(r) for r in results[2:]] == ["the broker refused the message (nack)", "lost", "lost"]
     assert len(confirms) == 0
+
+
+async def test_a_nack_moves_publishing_to_a_new_channel_and_the_old_one_closes_when_settled():
+    # The quorum-queue trap: a channel that got a nack keeps getting them; use a new one.
+    link = _FakeLink(confirm_timeout=3600)
+    confirms = Confirms(link)
+    old = link.ch_pub
+    confirms.attach(old)
+    first = [asyncio.ensure_future(confirms.publish(b"a", "", "q")) for _ in range(2)]
+    await asyncio.sleep(0)
+    _fire(old, "basic_nack", 1, False)
+    _fire(old, "basic_nack", 1, False)               # a repeated nack renews once
+    assert len(link.inbox) == 1
+    link.inbox.pop()()                               # run where py-amqp may block: renewed
+    [new] = link.opened
+    assert link.stats["channels_renewed"] == 1 and link.ch_pub is new and not old.closed
+    later = asyncio.ensure_future(confirms.publish(b"b", "", "q"))
+    await asyncio.sleep(0)
+    assert link.published[-1] == (new, b"b")
+    _fire(new, "basic_ack", 1, False)                # tags count from 1 on the new channel
+    _fire(old, "basic_ack", 2, False)                # the old channel's last confirm
+    results = await asyncio.gather(*first, later, return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["ConnectionError", "NoneType", "NoneType"]
+    await asyncio.sleep(0)
+    assert old.closed and not new.closed and len(confirms) == 0
 
 
 def test_a_dead_body_keeps_the_error_and_reads_back_as_a_dead_letter():

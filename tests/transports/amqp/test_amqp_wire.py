@@ -38,7 +38,7 @@ async def test_a_silent_link_is_detected_by_heartbeats_and_the_bus_recovers(ns, 
         proxy.freeze_all()
         # a call in flight on the dead link is answered Unreachable once the loss is
         # noticed, long before its own 60 s deadline
-        with pytest.raises(vertebra.Unreachable, match="connection to the broker was lost"):
+        with pytest.raises(vertebra.Unreachable, match=r"connection to the broker .* was lost"):
             await client.call("jobs", "ping", timeout=60)
         deadline = time.monotonic() + 30
         while client.transport.stats["reconnects"] < 1:
