@@ -55,3 +55,42 @@ def test_discovery_lists_the_pika_node(pika_node: str) -> None:
                 break
         assert found["adder"].method("add") is not None
         assert found["adder"].doc.startswith("Adds numbers")
+
+
+def test_a_vertebra_node_answers_in_the_codec_of_the_call(amqp_url: AmqpUrl) -> None:
+    import urllib.parse
+
+    import msgpack
+    import pika
+
+    class Adder(vertebra.Node):
+        name = "adder"
+
+        @vertebra.rpc
+        def add(self, a: int, b: int) -> int:
+            return a + b
+
+    url = amqp_url("adder")
+    parts = urllib.parse.urlsplit(url)
+    prefix = urllib.parse.parse_qs(parts.query).get("prefix", [""])[0]
+    with vertebra.connect(url, codec="json") as bus:          # the node's own codec: JSON
+        bus.serve(Adder())
+        conn = pika.BlockingConnection(pika.URLParameters(parts._replace(query="").geturl()))
+        try:
+            ch = conn.channel()
+            answers: list[bytes] = []
+            ch.basic_consume("amq.rabbitmq.reply-to", lambda c, m, p, body: answers.append(body),
+                             auto_ack=True)
+            call = {"v": 1, "id": "c0ffee01", "kind": "call", "service": "adder", "method": "add",
+                    "args": [2, 3], "deadline": time.time() + 10}
+            ch.basic_publish("", f"{prefix}vertebra.call.adder", msgpack.packb(call),
+                             pika.BasicProperties(reply_to="amq.rabbitmq.reply-to",
+                                                  correlation_id="c0ffee01"))
+            deadline = time.monotonic() + 10
+            while not answers and time.monotonic() < deadline:
+                conn.process_data_events(time_limit=0.05)
+        finally:
+            conn.close()
+    (body,) = answers
+    assert 0x80 <= body[0] <= 0x8F, body[:20]                  # msgpack, like the call
+    assert msgpack.unpackb(body)["result"] == 5

@@ -22,8 +22,8 @@ import msgpack
 from .envelope import Envelope, from_wire, to_wire
 from .errors import ProtocolError
 
-__all__ = ["CODECS", "MAX_DEPTH", "Codec", "JsonCodec", "MsgpackCodec", "decode", "get_codec",
-           "plain"]
+__all__ = ["CODECS", "MAX_DEPTH", "Codec", "JsonCodec", "MsgpackCodec", "codec_of", "decode",
+           "get_codec", "plain"]
 
 MAX_DEPTH: Final = 64
 
@@ -214,6 +214,14 @@ def get_codec(name: str) -> Codec:
         return CODECS[name]
     except KeyError:
         raise ValueError(f"unknown codec {name!r}; choose one of {sorted(CODECS)}") from None
+
+
+def codec_of(data: bytes) -> Codec:
+    """The codec a message is in, by its first byte after any JSON whitespace (JSON when
+    it is neither): the codec its answer is written in (docs/PROTOCOL.md §3)."""
+    first = bytes(data[:64]).lstrip(b" \t\r\n")[:1]
+    is_msgpack = bool(first) and (0x80 <= first[0] <= 0x8F or first[0] in (0xDE, 0xDF))
+    return CODECS["msgpack" if is_msgpack else "json"]
 
 
 def decode(data: bytes) -> Envelope:

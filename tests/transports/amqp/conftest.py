@@ -19,11 +19,6 @@ from tests.servers import amqp as amqp_servers
 from tests.servers import rabbit_cluster, started_buses
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "cluster: needs the private 3-node RabbitMQ cluster "
-                            "(started once per session, ~20 s)")
-
-
 @pytest.fixture(scope="session")
 def amqp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[amqp_servers.Server]:
     with amqp_servers.running(tmp_path_factory.mktemp("amqp-server")) as server:

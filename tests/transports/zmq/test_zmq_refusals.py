@@ -17,6 +17,7 @@ import zmq
 
 from vertebra.transports.zmq import Hub
 from vertebra.transports.zmq import frames as F
+from vertebra.wire.codec import codec_of
 from vertebra.wire.info import ServiceInfo
 
 from .conftest import OpenClient
@@ -102,7 +103,7 @@ async def test_a_malformed_call_is_answered_with_an_error_of_code_protocol(raw, 
     env = MALFORMED[case]
     body = (_json if codec == "json" else _pack)(env)
     answer = await raw.call(b"c1", body)
-    assert F.is_msgpack(answer) == (codec == "msgpack")   # the call's codec
+    assert codec_of(answer).name == codec   # the call's codec
     got = msgpack.unpackb(answer) if codec == "msgpack" else json.loads(answer)
     assert got["v"] == 1 and got["kind"] == "error" and got["re"] == "c1" and got["id"]
     assert got["error"]["code"] == "protocol"
@@ -115,8 +116,8 @@ async def test_a_malformed_call_is_answered_with_an_error_of_code_protocol(raw, 
                                   _pack({"v": 1, "kind": "call", "service": "calc"})])
 async def test_a_call_without_a_readable_id_is_answered_by_the_message_id_frame(raw, body):
     answer = await raw.call(b"frame-id", body)
-    got = msgpack.unpackb(answer) if F.is_msgpack(answer) else json.loads(answer)
-    assert F.is_msgpack(answer) == F.is_msgpack(body)
+    got = msgpack.unpackb(answer) if codec_of(answer).name == "msgpack" else json.loads(answer)
+    assert codec_of(answer).name == codec_of(body).name
     assert got["kind"] == "error" and got["re"] == "frame-id"
     assert got["error"]["code"] == "protocol"
 
@@ -134,7 +135,7 @@ async def test_an_answer_is_in_the_codec_of_its_call(raw, codec):
     body = (_json if codec == "json" else _pack)(_call(id="ok1", args=[2, b"\x00\xff"]
                                                        if codec == "msgpack" else [2]))
     answer = await raw.call(b"ok1", body)
-    assert F.is_msgpack(answer) == (codec == "msgpack")
+    assert codec_of(answer).name == codec
     got = msgpack.unpackb(answer) if codec == "msgpack" else json.loads(answer)
     assert got["kind"] == "reply" and got["re"] == "ok1"
     assert got["result"] == (["n", 2, b"\x00\xff"] if codec == "msgpack" else ["n", 2])

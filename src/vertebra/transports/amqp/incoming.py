@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ...wire.codec import codec_of
 from ...wire.envelope import Envelope
 from ...wire.info import ServiceInfo
 from ..base import Handler, Incoming
@@ -49,7 +50,7 @@ class AmqpIncoming(Incoming):
 
     async def reply(self, answer: Envelope) -> None:
         """Publish the answer to the caller's direct reply-to address."""
-        await self._serving.reply(answer)
+        await self._serving.reply(answer, codec_of(self.body))
 
     def _channel(self) -> Any:
         """The channel to settle on, or None when its connection is gone (redelivered)."""

@@ -22,7 +22,7 @@ import logging
 from typing import Any
 
 from ...backoff import Backoff
-from ...wire.codec import decode
+from ...wire.codec import Codec, decode
 from ...wire.deadletter import DeadLetter
 from ...wire.envelope import Envelope
 from ...wire.errors import ProtocolError, wire_error
@@ -200,12 +200,13 @@ class Serving:
             with contextlib.suppress(Exception), self.link.conn.direct():
                 ch.close()   # requeues whatever was delivered but not started
 
-    async def reply(self, answer: Envelope) -> None:
-        """Publish a call's answer to the caller's reply-to address."""
+    async def reply(self, answer: Envelope, codec: Codec | None = None) -> None:
+        """Publish a call's answer to the caller's reply-to address, in ``codec`` (the
+        call's, docs/PROTOCOL.md §3; this transport's when None)."""
         if not answer.reply_to:
             raise ProtocolError("an answer needs the call's reply_to")
         link = self.link
-        body = link.codec.encode(answer)
+        body = (codec or link.codec).encode(answer)
         if len(body) > link.opts.max_message:
             raise ProtocolError(f"answer of {len(body)} bytes exceeds {link.opts.max_message}")
         await link.ready()

@@ -20,7 +20,7 @@ __all__ = [
     "DELIVER_KINDS", "DISCOVER", "EVENT_CONTROL", "FrameError", "GROUPS", "HEARTBEAT", "HELLO",
     "HUB_COMMANDS", "KIND_CODES", "NACK", "PROTOCOL", "PUBOK", "QUEUED", "REPLAY", "REPLAYED",
     "REPLY", "RESET", "SERVE", "SERVICES", "SYNC", "TASK", "UNREACHABLE", "UNSERVE", "VERSION",
-    "WELCOME", "header", "is_msgpack", "parse",
+    "WELCOME", "header", "parse",
 ]
 
 VERSION: Final = 1
@@ -143,10 +143,3 @@ def parse(frames: list[bytes], table: dict[int, int]) -> tuple[int, list[bytes]]
     elif got != want:
         raise FrameError(f"command 0x{command:02x} takes {want} frames, got {got}")
     return command, frames[1:]
-
-
-def is_msgpack(body: bytes) -> bool:
-    """Whether an envelope frame is msgpack (else it is JSON, or not an envelope), by its
-    first byte after any JSON whitespace (docs/PROTOCOL.md §3): the codec an answer uses."""
-    first = bytes(body[:64]).lstrip(b" \t\r\n")[:1]
-    return bool(first) and (0x80 <= first[0] <= 0x8F or first[0] in (0xDE, 0xDF))

@@ -23,7 +23,7 @@ import logging
 import os
 from typing import Any
 
-from ...wire.codec import CODECS
+from ...wire.codec import codec_of
 from ...wire.envelope import Envelope
 from ...wire.errors import wire_error
 from . import frames as F
@@ -71,7 +71,7 @@ class HubState(Router):
         (the hub reads only the first byte of the envelope to tell the codec)."""
         answer = Envelope("error", re=msgid.decode("utf-8", "replace"),
                           error=wire_error("protocol", "ProtocolError", reason))
-        codec = CODECS["msgpack" if F.is_msgpack(body) else "json"]
+        codec = codec_of(body)
         self.send(caller, [F.header(F.ANSWER), codec.encode(answer)])
 
     def on_command(self, ident: bytes, cmd: int, args: list[bytes]) -> None:

@@ -36,7 +36,7 @@ import json
 import logging
 from typing import Any
 
-from ...wire.codec import CODECS, Codec, decode
+from ...wire.codec import Codec, codec_of, decode
 from ...wire.deadletter import DeadLetter
 from ...wire.envelope import Envelope
 from ...wire.errors import ProtocolError, wire_error
@@ -253,7 +253,7 @@ class ZmqTransport(Transport):
             await self.link.send([F.header(F.UNSERVE), service], wait=self.opts.confirm_timeout)
             await self.link.send([_H_NACK, tag, b"1"], wait=self.opts.confirm_timeout)
             return
-        codec = CODECS["msgpack" if F.is_msgpack(body) else "json"]   # answers: the call's
+        codec = codec_of(body)   # answers: the call's
         try:
             env = decode(body)
             if env.kind != F.DELIVER_KINDS[cmd]:
