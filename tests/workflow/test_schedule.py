@@ -76,3 +76,22 @@ def test_bad_schedules_are_refused():
         cron("61 * * * *")
     with pytest.raises(ValueError):
         cron("* * * * * *")
+
+
+def test_leader_election_runs_on_an_injected_clock_without_sleeping():
+    from vertebra.nodes.schedule import BEAT, Schedule, Scheduler
+
+    now = [1000.0]
+
+    async def fire(name: str, period: float) -> None:
+        return None
+
+    s = Scheduler("svc", "replica-b", {"tick": Schedule(every=60.0)}, fire, lambda t, p: None,
+                  monotonic=lambda: now[0])
+    assert not s.is_leader()                     # too early: it has not heard its peers yet
+    now[0] += 2 * BEAT
+    assert s.is_leader()                         # alone
+    s.on_beat(s.topic, {"replica": "replica-a", "fired": {}})
+    assert not s.is_leader()                     # a live peer with a smaller id leads
+    now[0] += 3 * BEAT + 0.1
+    assert s.is_leader()                         # that peer went silent: it no longer counts

@@ -61,16 +61,18 @@ class Scheduler:
 
     def __init__(self, service: str, replica: str, schedules: dict[str, Schedule],
                  fire: Callable[[str, float], Awaitable[None]], publish: Callable[[str, Any], object],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.topic = f"_vertebra.schedule.{service}"
         self.replica = replica
         self.schedules = schedules
         self.fire = fire
         self.publish = publish
-        self.clock = clock
+        self.clock = clock            # wall time: which period it is
+        self.monotonic = monotonic    # elapsed time: who is alive, how long we have been up
         self.peers: dict[str, float] = {}               # replica -> monotonic time last heard
         self.fired: dict[str, float] = {}               # schedule -> last period fired
-        self.started_at = time.monotonic()
+        self.started_at = monotonic()
         self.fired_count = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -78,14 +80,14 @@ class Scheduler:
         """A beat from any replica (ourselves included)."""
         if not isinstance(payload, dict) or not isinstance(payload.get("replica"), str):
             return
-        self.peers[payload["replica"]] = time.monotonic()
+        self.peers[payload["replica"]] = self.monotonic()
         for name, period in (payload.get("fired") or {}).items():
             if name in self.schedules and isinstance(period, (int, float)):
                 self.fired[name] = max(self.fired.get(name, period), period)
 
     def is_leader(self) -> bool:
         """Whether this replica fires now."""
-        now = time.monotonic()
+        now = self.monotonic()
         if now - self.started_at < 2 * BEAT:
             return False
         live = [r for r, seen in self.peers.items() if now - seen <= 3 * BEAT]
