@@ -26,7 +26,8 @@ def start_eagerly(coro: Coroutine[Any, Any, None],
                   keep: set[asyncio.Task[None]]) -> None:
     """Run ``coro`` until it first waits; then continue it in a task kept in ``keep``."""
     if sys.version_info >= (3, 12):
-        task = asyncio.Task(coro, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        task = asyncio.Task(coro, loop=asyncio.get_running_loop(),  # type: ignore[call-arg,unused-ignore]
+                            eager_start=True)   # 3.12.1 needs the loop given: it does not look it up
         if not task.done():
             keep.add(task)
             task.add_done_callback(keep.discard)
