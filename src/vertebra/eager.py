@@ -8,7 +8,7 @@ if it had been created with ``asyncio.create_task``.
 On 3.12 and later this is the standard library's own ``asyncio.Task(eager_start=True)``
 (one task, not a global task factory, so the application's other tasks keep their usual
 scheduling).  The hand-driven start below exists only for 3.11, which vertebra supports
-(``requires-python >= 3.11``) and which is the one CPython on the machines CI runs on.
+(``requires-python >= 3.11``); CI runs 3.11, 3.12 and 3.13.
 """
 
 from __future__ import annotations
