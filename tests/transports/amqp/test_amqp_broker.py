@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+from collections.abc import Callable
 
 import amqp
 import pytest
 from amqp_nodes import Jobs, Live
+from tests.conformance.util import eventually as wait_for
 
 import vertebra
 from vertebra.transports.amqp.deadletters import dead_body
@@ -18,12 +19,9 @@ from vertebra.wire.envelope import Envelope
 from vertebra.wire.errors import wire_error
 
 
-async def eventually(cond, timeout=20.0, what=""):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {timeout}s: {what}")
-        await asyncio.sleep(0.02)
+async def eventually(cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    """This file's bound (20.0 s) on the one polling helper of the test suite."""
+    await wait_for(cond, timeout, what)
 
 
 def prefix_of(url: str) -> str:

@@ -9,11 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from amqp_nodes import Jobs, Live
 from amqp_proxy import LinkProxy
+from tests.conformance.util import eventually as wait_for
 
 import vertebra
 from vertebra.transports.amqp.topology import Topology
@@ -21,12 +23,9 @@ from vertebra.transports.amqp.topology import Topology
 HERE = Path(__file__).resolve().parent
 
 
-async def eventually(cond, timeout=30.0, what=""):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
+async def eventually(cond: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    """This file's bound (30.0 s) on the one polling helper of the test suite."""
+    await wait_for(cond, timeout, what)
 
 
 def worker(url: str, log: Path) -> subprocess.Popen[bytes]:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 from amqp_nodes import Jobs
 from amqp_proxy import LinkProxy
+from tests.conformance.util import eventually as wait_for
 from tests.servers import amqp as amqp_servers
 from tests.servers import started_buses
 
@@ -41,12 +43,9 @@ async def private_bus_for(private_ns):
         yield factory
 
 
-async def eventually(cond, timeout=60.0, what=""):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {timeout}s: {what}")
-        await asyncio.sleep(0.02)
+async def eventually(cond: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
+    """This file's bound (60.0 s) on the one polling helper of the test suite."""
+    await wait_for(cond, timeout, what)
 
 
 @pytest.mark.slow

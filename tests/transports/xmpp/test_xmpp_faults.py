@@ -8,23 +8,21 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import vertebra
+from tests.conformance.util import eventually as wait_for
 
 from .netcut import Relay
 from .nodes import Calc
 
 
-async def eventually(cond, timeout: float = 20.0, what: str = "") -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"not met within {timeout}s: {what}")
-        await asyncio.sleep(0.02)
+async def eventually(cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    """This file's bound (20.0 s) on the one polling helper of the test suite."""
+    await wait_for(cond, timeout, what)
 
 
 async def test_task_of_a_killed_worker_goes_to_another_replica(bus_for, ns, tmp_path):

@@ -10,6 +10,7 @@ import collections
 import json
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -17,6 +18,7 @@ import pytest
 from slixmpp.exceptions import IqError
 
 import vertebra
+from tests.conformance.util import eventually as wait_for
 from tests.servers import xmpp as xmpp_servers
 from vertebra import Node, rpc
 from vertebra.backoff import Backoff
@@ -29,13 +31,9 @@ GW = xmpp_servers.GATEWAY
 NS_ENV = "urn:vertebra:envelope:1"
 
 
-async def eventually(cond: Any, timeout: float = 20.0, what: str = "") -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"not met within {timeout}s: {what}")
-        await asyncio.sleep(0.02)
+async def eventually(cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    """This file's bound (20.0 s) on the one polling helper of the test suite."""
+    await wait_for(cond, timeout, what)
 
 
 async def gateway_node(bus_for: Any, server: xmpp_servers.Server, node: Node | None = None,

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.conformance.util import eventually as eventually  # the zmq tests import it from here
 from vertebra.transports.zmq import Hub, ZmqTransport
 from vertebra.wire.codec import get_codec
 from vertebra.wire.envelope import Envelope
@@ -60,13 +61,6 @@ async def open_client(hub: Hub) -> AsyncIterator[OpenClient]:
         await c.t.close()
 
 
-async def eventually(cond: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    """Wait for ``cond``; the timeout is a hang guard, never a speed requirement."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.01)
 
 
 ROOT = Path(__file__).resolve().parents[3]
