@@ -3,7 +3,7 @@
 A transport moves envelopes; the Bus above it owns calls, pending replies, the outbox,
 deadlines and retries.  The whole interface is nine coroutines::
 
-    connect(on_answer)        open; replies and errors for our calls go to on_answer(env)
+    connect(on_answer)        open; answers to our calls (reply, error, item, beat) go to on_answer(env)
     close()                   release everything; unacked work goes back to its queue
     send(env)                 route one call / cast / task / event to where it belongs
     serve(info, handler, prefetch=n)   consume calls, casts and tasks for info.name and
@@ -72,6 +72,11 @@ class Capabilities:
     """Buses in different processes reach each other (False for memory://)."""
     max_message_size: int = 16 * 1024 * 1024
     """The largest encoded envelope it accepts, in bytes."""
+    holds_delayed: bool = False
+    """The server holds a message with ``not_before`` until it is due (RabbitMQ); where
+    False, the sender's outbox (and its spool) holds it instead."""
+    priorities: bool = False
+    """Queued casts and tasks with a higher ``priority`` (0-9) are delivered first."""
 
 
 class Incoming(abc.ABC):
@@ -84,7 +89,9 @@ class Incoming(abc.ABC):
 
     @abc.abstractmethod
     async def reply(self, answer: Envelope) -> None:
-        """Send a ``reply`` or ``error`` envelope back to the caller (calls only)."""
+        """Send an answer back to the caller (calls only): any number of ``item`` and
+        ``beat`` envelopes (a streamed call, PROTOCOL.md §6d), then the one final ``reply``
+        or ``error``, which alone settles the delivery."""
 
     @abc.abstractmethod
     async def ack(self) -> None:

@@ -16,8 +16,11 @@ from typing import Any, Final, Literal
 from .errors import ProtocolError
 
 __all__ = [
+    "ANSWERS",
     "KINDS",
+    "MAX_PRIORITY",
     "PROTOCOL_VERSION",
+    "STREAM_HEADER",
     "Envelope",
     "Kind",
     "from_wire",
@@ -27,10 +30,16 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = 1
-Kind = Literal["call", "cast", "task", "event", "reply", "error"]
-KINDS: Final[frozenset[str]] = frozenset({"call", "cast", "task", "event", "reply", "error"})
+Kind = Literal["call", "cast", "task", "event", "reply", "error", "item", "beat"]
+KINDS: Final[frozenset[str]] = frozenset(
+    {"call", "cast", "task", "event", "reply", "error", "item", "beat"})
 _REQUESTS: Final = frozenset({"call", "cast", "task"})
-_ANSWERS: Final = frozenset({"reply", "error"})
+ANSWERS: Final[frozenset[str]] = frozenset({"reply", "error", "item", "beat"})
+"""Kinds routed back to a caller (to its ``reply_to``); ``item`` and ``beat`` come before
+the one final ``reply`` or ``error`` of a streamed call (docs/PROTOCOL.md §6d)."""
+STREAM_HEADER: Final = "stream"
+"""On a call: the caller wants the result streamed; the value is its window, in items."""
+MAX_PRIORITY: Final = 9
 
 _counter = 0
 _prefix = os.urandom(8).hex()
@@ -70,6 +79,9 @@ class Envelope:
     reply_to: str = ""
     deadline: float | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    seq: int | None = None
+    not_before: float | None = None
+    priority: int | None = None
     v: int = PROTOCOL_VERSION
 
     def expired(self, now: float | None = None) -> bool:
@@ -85,6 +97,14 @@ class Envelope:
         """The ``error`` envelope that answers this call with a wire error object."""
         return Envelope("error", re=self.id, error=error, reply_to=self.reply_to,
                         headers=_answer_headers(self.headers))
+
+    def item(self, seq: int, result: Any) -> Envelope:
+        """The ``item`` envelope carrying item ``seq`` (0-based) of this streamed call."""
+        return Envelope("item", re=self.id, seq=seq, result=result, reply_to=self.reply_to)
+
+    def beat(self, sent: int) -> Envelope:
+        """The ``beat`` envelope of this streamed call: alive, ``sent`` items sent so far."""
+        return Envelope("beat", re=self.id, seq=sent, reply_to=self.reply_to)
 
 
 def _answer_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -107,8 +127,14 @@ def to_wire(env: Envelope) -> dict[str, Any]:
         d["kwargs"] = env.kwargs
     if env.kind == "event":
         d["payload"] = env.payload
-    elif env.kind == "reply":
+    elif env.kind == "reply" or env.kind == "item":
         d["result"] = env.result
+    if env.seq is not None:
+        d["seq"] = env.seq
+    if env.not_before is not None:
+        d["not_before"] = env.not_before
+    if env.priority is not None:
+        d["priority"] = env.priority
     if env.error is not None:
         d["error"] = env.error
     if env.re:
@@ -162,9 +188,14 @@ def from_wire(d: Any) -> Envelope:
     else:
         if not re_:
             raise ProtocolError(f"a {kind} envelope needs 're', the id it answers")
-        if kind == "reply":
+        if kind == "reply" or kind == "item":
             env.result = get("result")
-        else:
+        seq = get("seq")
+        if seq is not None or kind == "item" or kind == "beat":
+            if type(seq) is not int or seq < 0:
+                raise _bad("seq", f"must be a non-negative integer on {kind!r}")
+            env.seq = seq
+        if kind == "error":
             error = get("error")
             if type(error) is not dict:
                 raise ProtocolError("an error envelope needs an 'error' map")
@@ -174,6 +205,16 @@ def from_wire(d: Any) -> Envelope:
         if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
             raise _bad("deadline", "must be a number")
         env.deadline = float(deadline)
+    not_before = get("not_before")
+    if not_before is not None:
+        if isinstance(not_before, bool) or not isinstance(not_before, (int, float)):
+            raise _bad("not_before", "must be a number")
+        env.not_before = float(not_before)
+    priority = get("priority")
+    if priority is not None:
+        if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
+            raise _bad("priority", f"must be an integer from 0 to {MAX_PRIORITY}")
+        env.priority = priority
     headers = get("headers")
     if headers is not None:
         if type(headers) is not dict or not all(
