@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .dispatch.bus import AsyncBus
 from .dispatch.sync import Bus
 from .nodes import Node, event, rpc, serve, task
+from .nodes.context import CallContext, current
 from .wire.errors import CallTimeout, ProtocolError, RemoteError, Unreachable, VertebraError
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncBus",
     "Bus",
+    "CallContext",
     "CallTimeout",
     "Hub",
     "Node",
@@ -40,6 +42,7 @@ __all__ = [
     "__version__",
     "connect",
     "connect_async",
+    "current",
     "event",
     "rpc",
     "serve",

@@ -17,9 +17,9 @@ TRANSPORT_LIBS = ("zmq", "amqp", "slixmpp")
 
 def test_public_names_are_the_contract():
     assert set(vertebra.__all__) == {
-        "AsyncBus", "Bus", "CallTimeout", "Hub", "Node", "ProtocolError", "RemoteError",
-        "Unreachable", "VertebraError", "__version__", "connect", "connect_async", "event",
-        "rpc", "serve", "task"}
+        "AsyncBus", "Bus", "CallContext", "CallTimeout", "Hub", "Node", "ProtocolError",
+        "RemoteError", "Unreachable", "VertebraError", "__version__", "connect", "connect_async",
+        "current", "event", "rpc", "serve", "task"}
     for name in vertebra.__all__:
         if name != "Hub":
             assert getattr(vertebra, name) is not None

@@ -20,6 +20,7 @@ from ..backoff import Backoff
 from ..transports import open_transport
 from ..transports.base import Transport
 from ..wire.codec import get_codec
+from ..wire.control import cancel_payload, control_topic
 from ..wire.deadletter import DeadLetter
 from ..wire.envelope import Envelope
 from ..wire.errors import CallTimeout, Unreachable, VertebraError
@@ -32,6 +33,7 @@ from .pending import PendingCalls
 from .proxy import AsyncProxy
 from .service import Servable, ServiceRuntime
 from .spool import Spool
+from .streams import AsyncStream
 from .tracing import producer_span
 from .url import default_url
 
@@ -58,7 +60,8 @@ class AsyncBus:
     ("drop_oldest", "drop_newest", "block"), ``block_timeout``, ``linger`` (seconds to
     flush on close), ``max_age`` (seconds before an unsendable message is given up),
     ``send_window`` (sends in flight), ``spool`` (a file: accepted sends survive a crash;
-    see :mod:`vertebra.dispatch.spool`).
+    see :mod:`vertebra.dispatch.spool`), ``stream_window`` (items a node may send ahead
+    of a stream's consumer; see :mod:`vertebra.dispatch.streams`).
     """
 
     def __init__(
@@ -74,17 +77,22 @@ class AsyncBus:
         max_age: float = 300.0,
         send_window: int = 64,
         spool: str | None = None,
+        stream_window: int = 32,
     ) -> None:
         self.url = url = url or default_url()
         self.urls = (url, *more_urls)
         self.codec = get_codec(codec)
         self.timeout = timeout
         self.linger = linger
+        if stream_window < 1:
+            raise ValueError("stream_window must be at least 1")
+        self.stream_window = stream_window
         self.transport: Transport = open_transport(url, self.codec) if not more_urls else \
             MultiTransport([open_transport(u, self.codec) for u in self.urls], self.codec)
         self.outbox = Outbox(self.transport.send, maxsize=outbox_size, policy=overflow,
                              block_timeout=block_timeout, window=send_window, max_age=max_age,
-                             spool=Spool(spool) if spool else None)
+                             spool=Spool(spool) if spool else None,
+                             hold_delayed=not self.transport.capabilities.holds_delayed)
         self._pending = PendingCalls()
         self._runtimes: list[ServiceRuntime] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -122,7 +130,14 @@ class AsyncBus:
         if left:
             log.warning("closing %s: %d queued message(s) not sent within linger %.1fs",
                         self.url, left, linger)
-        await self.outbox.stop()
+        held = await self.outbox.stop()
+        if held:
+            if self.outbox.spool is not None:
+                log.info("closing %s: %d delayed message(s) not yet due, kept in the spool %s "
+                         "for the next start", self.url, held, self.outbox.spool.path)
+            else:
+                log.warning("closing %s: %d delayed message(s) not yet due were lost (no spool=)",
+                            self.url, held)
         await self.transport.close()
         if self.outbox.spool is not None:
             self.outbox.spool.close()
@@ -151,27 +166,56 @@ class AsyncBus:
 
     async def call(self, service: str, method: str, args: tuple[Any, ...] | list[Any] = (),
                    kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
-                   headers: dict[str, str] | None = None) -> Any:
+                   headers: dict[str, str] | None = None, not_before: float | None = None,
+                   priority: int | None = None) -> Any:
         """Call ``service.method(*args, **kwargs)`` and return its result.
 
-        Raises RemoteError, CallTimeout (after ``timeout`` seconds), Unreachable.
+        Raises RemoteError, CallTimeout (after ``timeout`` seconds), Unreachable.  Run no
+        earlier than ``not_before`` (epoch seconds; the timeout counts from then).  A call
+        cancelled while its answer is awaited tells the node to cancel its handler.
         """
         if self._generation != forks.generation():
             forks.check_not_forked(self._generation)
         timeout = self.timeout if timeout is None else timeout
-        deadline = time.time() + timeout
-        env = Envelope("call", service=service, method=method, args=list(args),
-                       kwargs=kwargs or {}, deadline=deadline, headers=headers or {})
+        env = self._call_envelope(service, method, args, kwargs, timeout, headers, not_before, priority)
         fut = self._pending.add(env.id)
         loop = asyncio.get_running_loop()
-        timer = loop.call_at(loop.time() + timeout, _expire, fut, service, method, timeout)
+        wait = timeout if env.not_before is None else env.not_before - time.time() + timeout
+        timer = loop.call_at(loop.time() + wait, _expire, fut, service, method, timeout)
+        sent = False
         try:
             with producer_span(env, self.transport.scheme):
-                await self._send_until(env, deadline)
+                await self._send_call(env)
+                sent = True
                 return await fut
+        except asyncio.CancelledError:
+            if sent and (not fut.done() or fut.cancelled()):   # awaiting it cancelled it
+                self.cancel(service, env.id)     # the node stops the handler, if it still runs
+            raise
         finally:
             timer.cancel()
             self._pending.discard(env.id)
+
+    def _call_envelope(self, service: str, method: str, args: tuple[Any, ...] | list[Any],
+                       kwargs: dict[str, Any] | None, timeout: float, headers: dict[str, str] | None,
+                       not_before: float | None, priority: int | None) -> Envelope:
+        start = time.time()
+        if not_before is not None and not_before > start:
+            start = not_before
+        else:
+            not_before = None
+        return Envelope("call", service=service, method=method, args=list(args),
+                        kwargs=kwargs or {}, deadline=start + timeout, headers=headers or {},
+                        not_before=not_before, priority=priority)
+
+    async def _send_call(self, env: Envelope) -> None:
+        """Send a call, holding it here until its ``not_before`` where the transport does not."""
+        if env.not_before is not None and not self.transport.capabilities.holds_delayed:
+            left = env.not_before - time.time()
+            if left > 0:
+                await asyncio.sleep(left)
+        assert env.deadline is not None
+        await self._send_until(env, env.deadline)
 
     async def _send_until(self, env: Envelope, deadline: float) -> None:
         attempt = 0
@@ -188,15 +232,38 @@ class AsyncBus:
                     raise Unreachable(f"{env.service}: transport down ({exc})") from exc
                 await asyncio.sleep(delay)
 
+    def stream(self, service: str, method: str, args: tuple[Any, ...] | list[Any] = (),
+               kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
+               headers: dict[str, str] | None = None, not_before: float | None = None,
+               priority: int | None = None, window: int | None = None) -> AsyncStream:
+        """Call ``service.method`` and iterate over the items it streams (``async for``);
+        ``timeout`` bounds the whole stream.  See :mod:`vertebra.dispatch.streams`."""
+        if self._generation != forks.generation():
+            forks.check_not_forked(self._generation)
+        timeout = self.timeout if timeout is None else timeout
+        env = self._call_envelope(service, method, args, kwargs, timeout, dict(headers or {}),
+                                  not_before, priority)
+        return AsyncStream(self, env, self.stream_window if window is None else window)
+
+    def cancel(self, service: str, message_id: str) -> str | None:
+        """Ask the replicas of ``service`` to cancel the call, cast or task ``message_id``:
+        a running handler is cancelled, one not started yet never starts (for the node's
+        ``revoke_window``).  Queued like an event; any thread; the control event's id."""
+        return self.publish(control_topic(service), cancel_payload(message_id))
+
     def cast(self, service: str, method: str, args: tuple[Any, ...] | list[Any] = (),
              kwargs: dict[str, Any] | None = None, *, kind: str = "cast",
-             headers: dict[str, str] | None = None) -> str | None:
+             headers: dict[str, str] | None = None, not_before: float | None = None,
+             priority: int | None = None) -> str | None:
         """Queue a fire-and-forget call; returns the message id, None if dropped.
 
-        Never blocks on the network (see the outbox's overflow policy); any thread.
+        Never blocks on the network (see the outbox's overflow policy); any thread.  It
+        runs no earlier than ``not_before`` (epoch seconds), held by the broker where the
+        transport can, else by the outbox (and its spool).
         """
         env = Envelope(kind, service=service, method=method, args=list(args),
-                       kwargs=kwargs or {}, headers=headers or {})
+                       kwargs=kwargs or {}, headers=headers or {}, not_before=not_before,
+                       priority=priority)
         return self._enqueue(env)
 
     def _enqueue(self, env: Envelope) -> str | None:
@@ -212,7 +279,8 @@ class AsyncBus:
         return self._enqueue(env)
 
     async def flush(self, timeout: float | None = None) -> int:
-        """Wait until the outbox is empty (or ``timeout``); return how many are left."""
+        """Wait until everything due in the outbox is sent (or ``timeout``); return how many
+        due messages are left (delayed ones not yet due are not waited for)."""
         return await self.outbox.flush(self.linger if timeout is None else timeout)
 
     # -- serving ----------------------------------------------------------------------------
@@ -293,6 +361,6 @@ class AsyncBus:
 
     def stats(self) -> dict[str, Any]:
         """Counters: the outbox's, pending calls, the transport's."""
-        return {"outbox": dict(self.outbox.counts, queued=len(self.outbox)),
+        return {"outbox": dict(self.outbox.counts, queued=len(self.outbox), held=self.outbox.held),
                 "pending_calls": len(self._pending), "late_replies": self._pending.late,
                 "transport": dict(self.transport.stats)}

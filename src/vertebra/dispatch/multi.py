@@ -50,7 +50,9 @@ class MultiTransport(Transport):
             task_redelivery=all(c.task_redelivery for c in caps),
             fast_unreachable=all(c.fast_unreachable for c in caps),
             multi_process=any(c.multi_process for c in caps),
-            max_message_size=min(c.max_message_size for c in caps))
+            max_message_size=min(c.max_message_size for c in caps),
+            holds_delayed=all(c.holds_delayed for c in caps),   # else the outbox holds for all
+            priorities=all(c.priorities for c in caps))
         self._routes: dict[str, Transport] = {}
         self._routed_at = 0.0
         self._on_answer: AnswerCallback | None = None

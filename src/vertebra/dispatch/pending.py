@@ -1,14 +1,23 @@
-"""The pending-call table: call id -> the future its answer resolves."""
+"""The pending-call table: call id -> the future its answer resolves, or the open stream
+its items feed."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import weakref
+from typing import Any, Protocol
 
 from ..wire.envelope import Envelope
 from ..wire.errors import error_from_wire
 
-__all__ = ["PendingCalls"]
+__all__ = ["PendingCalls", "StreamSink"]
+
+
+class StreamSink(Protocol):
+    """What an open streamed call exposes to the table (see :mod:`.streams`)."""
+
+    def feed(self, answer: Envelope) -> None:
+        """Take one answer (item, beat, or the final reply/error) of the stream."""
 
 
 class PendingCalls:
@@ -16,6 +25,8 @@ class PendingCalls:
 
     def __init__(self) -> None:
         self._futures: dict[str, asyncio.Future[Any]] = {}
+        # weakly: a stream its consumer dropped is collected, and its __del__ cancels it
+        self._streams: weakref.WeakValueDictionary[str, StreamSink] = weakref.WeakValueDictionary()
         self.late = 0  # answers that arrived after their caller gave up
 
     def add(self, call_id: str) -> asyncio.Future[Any]:
@@ -28,16 +39,30 @@ class PendingCalls:
         """Forget a call (it timed out or was cancelled)."""
         self._futures.pop(call_id, None)
 
+    def add_stream(self, call_id: str, sink: StreamSink) -> None:
+        """Register a streamed call: its answers go to ``sink.feed`` until it is discarded."""
+        self._streams[call_id] = sink
+
+    def discard_stream(self, call_id: str) -> None:
+        """Forget a streamed call (finished, abandoned or failed)."""
+        self._streams.pop(call_id, None)
+
     def resolve(self, answer: Envelope) -> None:
-        """Settle the call that ``answer`` (a reply or error envelope) answers."""
-        fut = self._futures.pop(answer.re, None)
-        if fut is None or fut.done():
+        """Settle the call that ``answer`` answers, or feed the stream it belongs to."""
+        kind = answer.kind
+        if kind == "reply" or kind == "error":
+            fut = self._futures.pop(answer.re, None)
+            if fut is not None and not fut.done():
+                if kind == "reply":
+                    fut.set_result(answer.result)
+                else:
+                    fut.set_exception(error_from_wire(answer.error))
+                return
+        sink = self._streams.get(answer.re)
+        if sink is None:
             self.late += 1
             return
-        if answer.kind == "reply":
-            fut.set_result(answer.result)
-        else:
-            fut.set_exception(error_from_wire(answer.error))
+        sink.feed(answer)
 
     def __len__(self) -> int:
-        return len(self._futures)
+        return len(self._futures) + len(self._streams)

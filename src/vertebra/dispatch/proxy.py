@@ -1,4 +1,5 @@
-"""Proxies: ``bus.proxy("calc").add(2, 3)``, ``.cast(...)``, ``.future(...)``, ``.options(...)``."""
+"""Proxies: ``bus.proxy("calc").add(2, 3)``, ``.cast(...)``, ``.future(...)``, ``.stream(...)``,
+``.options(...)``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from .options import CallOptions
 
 if TYPE_CHECKING:
     from .bus import AsyncBus
+    from .streams import AsyncStream
 
 __all__ = ["AsyncMethod", "AsyncProxy"]
 
@@ -25,18 +27,30 @@ class AsyncMethod:
         """Call the method and return its result (or raise its error)."""
         opts = self._opts
         return await self._bus.call(self._service, self._method, args, kwargs, timeout=opts.timeout,
-                                    headers=dict(opts.headers))
+                                    headers=dict(opts.headers), not_before=opts.not_before(),
+                                    priority=opts.priority)
 
     def cast(self, *args: Any, **kwargs: Any) -> str | None:
         """Fire and forget (queued in the outbox); the message id, or None if dropped."""
-        return self._bus.cast(self._service, self._method, args, kwargs, headers=dict(self._opts.headers))
+        opts = self._opts
+        return self._bus.cast(self._service, self._method, args, kwargs, headers=dict(opts.headers),
+                              not_before=opts.not_before(), priority=opts.priority)
 
     def future(self, *args: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        """Start the call now; await the returned task later."""
+        """Start the call now; await the returned task later (cancelling it cancels the
+        handler on the node)."""
         return asyncio.ensure_future(self(*args, **kwargs))
 
+    def stream(self, *args: Any, **kwargs: Any) -> AsyncStream:
+        """Call a streaming method: an async iterator over its items (``async for``)."""
+        opts = self._opts
+        return self._bus.stream(self._service, self._method, args, kwargs, timeout=opts.timeout,
+                                headers=dict(opts.headers), not_before=opts.not_before(),
+                                priority=opts.priority)
+
     def options(self, **options: Any) -> AsyncMethod:
-        """This method bound with per-call options: ``timeout``, ``idempotency_key``, ``headers``."""
+        """This method bound with per-call options: ``timeout``, ``idempotency_key``,
+        ``headers``, ``delay``, ``at``, ``priority`` (see :mod:`vertebra.dispatch.options`)."""
         return AsyncMethod(self._bus, self._service, self._method, self._opts.bind(**options))
 
     def __repr__(self) -> str:

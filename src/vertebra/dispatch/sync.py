@@ -21,6 +21,7 @@ from .bus import AsyncBus, EventCallback
 from .options import CallOptions
 from .portal import Portal
 from .service import Servable
+from .streams import SyncStream
 
 __all__ = ["Bus", "Method", "Proxy"]
 
@@ -53,21 +54,36 @@ class Method:
         """Call the method and block until its result (or raise its error)."""
         opts = self._opts
         return self._bus.portal.run(self._bus.core.call(
-            self._service, self._method, args, kwargs, timeout=opts.timeout, headers=dict(opts.headers)))
+            self._service, self._method, args, kwargs, timeout=opts.timeout, headers=dict(opts.headers),
+            not_before=opts.not_before(), priority=opts.priority))
 
     def cast(self, *args: Any, **kwargs: Any) -> str | None:
         """Fire and forget (queued in the outbox); the message id, or None if dropped."""
+        opts = self._opts
         return self._bus.core.cast(self._service, self._method, args, kwargs,
-                                   headers=dict(self._opts.headers))
+                                   headers=dict(opts.headers), not_before=opts.not_before(),
+                                   priority=opts.priority)
 
     def future(self, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        """Start the call; a :class:`concurrent.futures.Future` of its result."""
+        """Start the call; a :class:`concurrent.futures.Future` of its result (``cancel()``
+        on it cancels the handler on the node)."""
         opts = self._opts
         return self._bus.portal.submit(self._bus.core.call(
-            self._service, self._method, args, kwargs, timeout=opts.timeout, headers=dict(opts.headers)))
+            self._service, self._method, args, kwargs, timeout=opts.timeout, headers=dict(opts.headers),
+            not_before=opts.not_before(), priority=opts.priority))
+
+    def stream(self, *args: Any, **kwargs: Any) -> SyncStream:
+        """Call a streaming method: an iterator over its items (``for``); ``close()`` it, or
+        leave the loop, to cancel the rest on the node."""
+        opts = self._opts
+        core, nb = self._bus.core, opts.not_before()
+        return SyncStream(self._bus.portal, lambda: core.stream(
+            self._service, self._method, args, kwargs, timeout=opts.timeout,
+            headers=dict(opts.headers), not_before=nb, priority=opts.priority))
 
     def options(self, **options: Any) -> Method:
-        """This method bound with per-call options: ``timeout``, ``idempotency_key``, ``headers``."""
+        """This method bound with per-call options: ``timeout``, ``idempotency_key``,
+        ``headers``, ``delay``, ``at``, ``priority`` (see :mod:`vertebra.dispatch.options`)."""
         return Method(self._bus, self._service, self._method, self._opts.bind(**options))
 
     def __repr__(self) -> str:
@@ -119,6 +135,11 @@ class Bus:
     def publish(self, topic: str, payload: Any = None) -> str | None:
         """Queue an event; never blocks on the network."""
         return self.core.publish(topic, payload)
+
+    def cancel(self, service: str, message_id: str) -> str | None:
+        """Ask the replicas of ``service`` to cancel the call, cast or task ``message_id``
+        (a running handler is cancelled; one not started yet never starts); never blocks."""
+        return self.core.cancel(service, message_id)
 
     def serve(self, *nodes: Servable) -> None:
         """Serve ``nodes`` on this bus's loop thread; returns once they are announced."""

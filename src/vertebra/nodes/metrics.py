@@ -8,7 +8,8 @@ Prometheus conventions (``_total`` counters, base units: seconds)::
     vertebra_handler_errors_total{service,method}       runs that raised
     vertebra_handler_in_flight{service,method}          running now
     vertebra_handler_latency_seconds{service,method}     histogram (_bucket{le}, _sum, _count)
-    vertebra_outbox_messages{state="queued"}            waiting to be sent
+    vertebra_outbox_messages{state="queued"}            waiting to be sent (held ones too)
+    vertebra_outbox_messages{state="held"}              delayed, not yet due
     vertebra_outbox_events_total{outcome=...}           accepted, sent, dropped, expired, retries, failed
     vertebra_transport_events_total{transport,event}    reconnects, malformed input, ...
 """
@@ -70,11 +71,12 @@ class BusCollector(Collector):
         outbox = bus_stats["outbox"]
         depth = GaugeMetricFamily("vertebra_outbox_messages", "Messages in the outbox.", labels=["state"])
         depth.add_metric(["queued"], outbox["queued"])
+        depth.add_metric(["held"], outbox.get("held", 0))
         yield depth
         events = CounterMetricFamily("vertebra_outbox_events", "What happened to outbox messages.",
                                      labels=["outcome"])
         for outcome, n in outbox.items():
-            if outcome != "queued":
+            if outcome not in ("queued", "held"):
                 events.add_metric([outcome], n)
         yield events
         transport = CounterMetricFamily("vertebra_transport_events", "Transport events.",
