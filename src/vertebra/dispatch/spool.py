@@ -4,6 +4,10 @@ Opt-in (``vertebra.connect(url, spool="outbox.db")``).  Every message the outbox
 is written to a SQLite database (WAL journal) before ``put`` returns, and deleted once the
 transport has taken it (for a broker with confirms: once the broker has it).  A process
 that starts with the same spool file sends what an earlier one left behind, oldest first.
+A delayed message (``not_before``) is stored the same way, its ``not_before`` with it: it
+stays in the spool while the outbox holds it and until the transport has taken it, and
+after a restart the outbox holds it again until due (the spool only stores; the holding
+is the outbox's).
 
 WAL with ``synchronous=NORMAL`` makes a committed row survive the death of the process
 (the operating system keeps the write); it is not fsynced on every commit, so a power
