@@ -40,6 +40,11 @@ class Node:
         attempt the task is buried as a dead letter with its error
         (``bus.dead_letters(service)``, ``bus.replay(service)``); see
         :mod:`vertebra.nodes.retry`.
+    ``revoke_window``
+        Seconds a replica remembers a cancelled message id (``bus.cancel``, a cancelled
+        call or stream), so that a message cancelled before it arrives is never started
+        (default 3600; at most 100 000 ids, the oldest forgotten first).  0 remembers none:
+        a cancel then only stops a run in progress.
     """
 
     name: ClassVar[str] = ""
@@ -51,6 +56,7 @@ class Node:
     allow_tracebacks: ClassVar[bool] = True
     max_attempts: ClassVar[int] = 3
     retry_delay: ClassVar[float] = 0.1
+    revoke_window: ClassVar[float] = 3600.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
