@@ -40,15 +40,35 @@ def start_eagerly(coro: Coroutine[Any, Any, None],
         waiting = ctx.run(coro.send, None)
     except StopIteration:
         return
-    task = asyncio.get_running_loop().create_task(_resume(coro, waiting), context=ctx)
+    _drive(asyncio.get_running_loop(), coro, waiting, ctx, keep, False)
+
+
+def _drive(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], waiting: Any,
+           ctx: contextvars.Context, keep: set[asyncio.Task[None]], cancelled: bool) -> None:
+    started = [False]
+    task = loop.create_task(_resume(coro, waiting, started, cancelled), context=ctx)
     keep.add(task)
-    task.add_done_callback(keep.discard)
+
+    def done(t: asyncio.Task[None]) -> None:
+        keep.discard(t)
+        if t.cancelled() and not started[0]:
+            # cancelled before its first step: the CancelledError went to _resume, not to
+            # the coroutine; hand it on in a new task, so that the coroutine sees it
+            _drive(loop, coro, waiting, ctx, keep, True)
+
+    task.add_done_callback(done)
 
 
-async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Drive a coroutine that already started and is now waiting on ``waiting``."""
+async def _resume(coro: Coroutine[Any, Any, None], waiting: Any, started: list[bool],
+                  cancelled: bool) -> None:
+    """Drive a coroutine that already started and is now waiting on ``waiting``
+    (``cancelled``: first throw it the cancellation an earlier task of it could not)."""
+    started[0] = True
     while True:
         try:
+            if cancelled:
+                cancelled = False
+                raise asyncio.CancelledError
             if waiting is None:           # a bare yield (asyncio.sleep(0))
                 await asyncio.sleep(0)
             else:
