@@ -14,6 +14,9 @@ Capability sheet
 * A call to a service with no replica fails at once with Unreachable; casts and tasks
   wait in the queue until a replica comes (like a durable queue, but not durable: the
   broker lives and dies with the process).
+* Queued casts and tasks with a higher ``priority`` (0-9) are delivered first, FIFO
+  within a priority.  Delayed messages (``not_before``) are held by the sender's outbox.
+* A streamed call's ``item`` and ``beat`` answers reach the caller in the order sent.
 * Events are broadcast to every subscription whose pattern matches.
 """
 
@@ -32,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..eager import start_eagerly
 from ..wire.codec import Codec, decode
 from ..wire.deadletter import DeadLetter
-from ..wire.envelope import Envelope
+from ..wire.envelope import ANSWERS, MAX_PRIORITY, Envelope
 from ..wire.errors import ProtocolError, wire_error
 from ..wire.info import ServiceInfo
 from ..wire.topics import matches
@@ -49,6 +52,36 @@ class _Message:
     service: str
     is_call: bool
     reply_to: str
+    priority: int = 0
+
+
+class _Queue:
+    """A service's waiting messages: highest priority first, FIFO within a priority."""
+
+    __slots__ = ("_levels", "_size")
+
+    def __init__(self) -> None:
+        self._levels: list[collections.deque[_Message]] = [
+            collections.deque() for _ in range(MAX_PRIORITY + 1)]
+        self._size = 0
+
+    def append(self, msg: _Message) -> None:
+        self._levels[msg.priority].append(msg)
+        self._size += 1
+
+    def appendleft(self, msg: _Message) -> None:
+        self._levels[msg.priority].appendleft(msg)
+        self._size += 1
+
+    def popleft(self) -> _Message:
+        for level in reversed(self._levels):
+            if level:
+                self._size -= 1
+                return level.popleft()
+        raise IndexError("pop from an empty queue")
+
+    def __len__(self) -> int:
+        return self._size
 
 
 @dataclass(slots=True)
@@ -68,7 +101,7 @@ class MemoryBroker:
     def __init__(self, name: str) -> None:
         self.name = name
         self._lock = threading.RLock()
-        self._queues: dict[str, collections.deque[_Message]] = collections.defaultdict(collections.deque)
+        self._queues: dict[str, _Queue] = collections.defaultdict(_Queue)
         self._consumers: dict[str, list[_Consumer]] = collections.defaultdict(list)
         self._subs: list[tuple[str, MemoryTransport, EventHandler]] = []
         self._buses: dict[str, MemoryTransport] = {}
@@ -254,7 +287,8 @@ class MemoryTransport(Transport):
 
     scheme: ClassVar[str] = "memory"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        durable_tasks=False, task_redelivery=True, fast_unreachable=True, multi_process=False)
+        durable_tasks=False, task_redelivery=True, fast_unreachable=True, multi_process=False,
+        priorities=True)
     _ids = itertools.count(1)
 
     def __init__(self, url: str, codec: Codec) -> None:
@@ -304,7 +338,8 @@ class MemoryTransport(Transport):
         if env.kind == "call":
             env.reply_to = self.address
         data = self.encode(env)
-        if not self.broker.enqueue(_Message(data, env.service, env.kind == "call", env.reply_to)):
+        msg = _Message(data, env.service, env.kind == "call", env.reply_to, env.priority or 0)
+        if not self.broker.enqueue(msg):
             self._answer_now(env.fail(wire_error("unreachable", "Unreachable",
                                                  f"no replica of service {env.service!r}")))
 
@@ -401,7 +436,7 @@ class MemoryTransport(Transport):
 
     def _deliver_answer(self, data: bytes) -> None:
         env = self._decode(data)
-        if env is not None and env.kind in ("reply", "error"):
+        if env is not None and env.kind in ANSWERS:
             self._answer_now(env)
 
     async def _deliver_event(self, handler: EventHandler, data: bytes) -> None:
