@@ -102,7 +102,9 @@ class Server:
     def delete(self, prefix: str, services: set[str]) -> None:
         """Delete the queues of ``services`` and the exchanges under ``prefix``."""
         names = [f"{prefix}vertebra.{k}.{s}" for s in services for k in ("call", "task", "dead")]
-        exchanges = [f"{prefix}vertebra.{k}" for k in ("events", "discovery", "dlx")]
+        exchanges = [f"{prefix}vertebra.{k}" for k in ("events", "discovery", "dlx", "delay")]
+        # delay queues (vertebra.delay.<ms>) are the prefix's, not a service's: the session's
+        # sweep removes them, and their x-expires does if the sweep cannot
         self._delete(names, exchanges)
 
     def _delete(self, queues: list[str], exchanges: list[str]) -> None:

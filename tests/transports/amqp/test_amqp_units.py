@@ -16,8 +16,16 @@ import pytest
 from vertebra.transports.amqp.confirms import Confirms
 from vertebra.transports.amqp.connection import LoopConnection
 from vertebra.transports.amqp.deadletters import _dead_letter, dead_body
+from vertebra.transports.amqp.delays import not_yet_ms, strip_deaths
 from vertebra.transports.amqp.options import parse_url
-from vertebra.transports.amqp.topology import REDELIVERIES_HEADER, Topology
+from vertebra.transports.amqp.topology import (
+    DELAY_HEADER,
+    MAX_DELAY_MS,
+    REDELIVERIES_HEADER,
+    Topology,
+    delay_ttl,
+    priority_mismatch,
+)
 from vertebra.wire.codec import get_codec
 from vertebra.wire.deadletter import DEAD_ERROR_HEADER
 from vertebra.wire.envelope import Envelope
@@ -78,6 +86,7 @@ def test_queue_type_is_quorum_for_several_brokers_unless_told():
         parse_url("amqp://h/?queue_type=stream")
     quorum = Topology("p.", quorum=True)
     assert quorum.task_arguments("s")["x-queue-type"] == "quorum"
+    assert "x-max-priority" not in quorum.task_arguments("s")    # quorum queues refuse it
     assert quorum.dead_arguments() == {"x-queue-type": "quorum"}
     assert "x-queue-type" not in Topology("p.").task_arguments("s")
 
@@ -131,7 +140,7 @@ def test_reconnects_use_the_one_backoff_capped_at_reconnect_max():
 
 def _fake_channel() -> SimpleNamespace:
     ch = SimpleNamespace(confirm_select=lambda: None, closed=False,
-                         events={"basic_ack": set(), "basic_nack": set()})
+                         events={"basic_ack": set(), "basic_nack": set(), "basic_return": set()})
     ch.close = lambda: setattr(ch, "closed", True)
     return ch
 
@@ -251,11 +260,74 @@ def test_topology_names_carry_the_prefix():
     assert t.task_queue("calc") == "p.vertebra.task.calc"
     assert t.task_arguments("calc") == {"x-dead-letter-exchange": "p.vertebra.dlx",
                                         "x-dead-letter-routing-key": "p.vertebra.dead.calc",
-                                        "x-expires": 500}
-    assert [n for n, _ in t.exchanges()] == ["p.vertebra.events", "p.vertebra.discovery",
-                                             "p.vertebra.dlx"]
+                                        "x-max-priority": 9, "x-expires": 500}
+    assert "x-max-priority" not in t.task_arguments("calc", priority=False)
+    assert t.exchanges() == [("p.vertebra.events", "topic"), ("p.vertebra.discovery", "fanout"),
+                             ("p.vertebra.dlx", "direct"), ("p.vertebra.delay", "headers")]
 
 
 def test_importing_vertebra_does_not_import_amqp():
     code = "import sys, vertebra; assert 'amqp' not in sys.modules, 'amqp imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_delay_ttls_round_up_to_three_significant_digits():
+    assert [delay_ttl(ms) for ms in (0, 0.2, 1, 999, 999.1, 1000, 1001, 8003.2, 99951, 123456)] == \
+        [1, 1, 1, 999, 1000, 1000, 1010, 8010, 100000, 124000]
+    for ms in (1.5, 17.01, 4321.9, 86_400_001, 3_600_000.5):
+        ttl = delay_ttl(ms)
+        assert ms <= ttl <= ms * 1.01 + 1 and len(str(ttl).rstrip("0")) <= 3   # never early
+    assert delay_ttl(MAX_DELAY_MS * 3) == MAX_DELAY_MS                         # then again
+
+
+def test_delay_queues_and_their_arguments():
+    classic, quorum = Topology("p."), Topology("p.", quorum=True)
+    assert classic.delay_queue(8000) == "p.vertebra.delay.8000"
+    assert classic.delay_arguments(8000) == {"x-message-ttl": 8000, "x-dead-letter-exchange": "",
+                                             "x-expires": 8000 + 3_600_000}
+    assert quorum.delay_arguments(8000) == {**classic.delay_arguments(8000),
+                                            "x-queue-type": "quorum",
+                                            "x-dead-letter-strategy": "at-least-once",
+                                            "x-overflow": "reject-publish"}
+    assert classic.delay_binding(8000) == {"x-match": "all", DELAY_HEADER: "8000"}
+    assert not DELAY_HEADER.startswith("x-")      # a headers exchange ignores x- headers
+
+
+def test_what_counts_as_a_priority_mismatch_and_as_early():
+    assert priority_mismatch(Exception("Queue.declare: (406) PRECONDITION_FAILED - inequivalent "
+                                       "arg 'x-max-priority' for queue 'q' in vhost '/'"))
+    assert not priority_mismatch(Exception("Queue.declare: (406) PRECONDITION_FAILED - "
+                                           "inequivalent arg 'x-queue-type' for queue 'q'"))
+    env = Envelope("task", service="s", method="m", not_before=100.0)
+    assert not_yet_ms(env, now=99.5) == 500.0 and not_yet_ms(env, now=101) == 0.0
+    assert not_yet_ms(Envelope("task", service="s", method="m")) == 0.0
+    assert strip_deaths({"x-death": [], "x-first-death-queue": "q", DELAY_HEADER: "1",
+                         REDELIVERIES_HEADER: 2, "a": "b"}) == {REDELIVERIES_HEADER: 2, "a": "b"}
+
+
+async def test_a_returned_mandatory_publish_fails_and_its_then_does_not_run():
+    link = _FakeLink(confirm_timeout=3600)
+    confirms = Confirms(link)
+    confirms.attach(link.ch_pub)
+    ran: list[str] = []
+    sends = [asyncio.ensure_future(confirms.publish(b"x", "ex", "q", then=lambda m=m: ran.append(m),
+                                                    mandatory=True, message_id=m))
+             for m in ("returned", "routed")]
+    await asyncio.sleep(0)
+    for callback in list(link.ch_pub.events["basic_return"]):   # the return comes before the ack
+        callback(SimpleNamespace(reply_text="NO_ROUTE"), "ex", "q",
+                 SimpleNamespace(properties={"message_id": "returned"}))
+    _fire(link.ch_pub, "basic_ack", 2, True)
+    results = await asyncio.gather(*sends, return_exceptions=True)
+    assert isinstance(results[0], ConnectionError) and "NO_ROUTE" in str(results[0])
+    assert results[1] is None and ran == ["routed"]
+
+
+def test_a_quorum_url_has_no_priorities_but_holds_delays():
+    from vertebra.transports.amqp import AmqpTransport
+
+    classic = AmqpTransport("amqp://h/", get_codec("json"))
+    quorum = AmqpTransport("amqp://h/?queue_type=quorum", get_codec("json"))
+    assert classic.capabilities.priorities and classic.capabilities.holds_delayed
+    assert not quorum.capabilities.priorities and quorum.capabilities.holds_delayed
+    assert type(quorum).capabilities.priorities                 # the class sheet is untouched

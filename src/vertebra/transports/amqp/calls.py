@@ -14,6 +14,10 @@ direct reply-to, and what becomes of a call the broker cannot route.
   and declare it again within milliseconds, :mod:`.serving`), so a call in that gap would
   fail although a replica serves.  A service that really stopped is still reported
   ``unreachable`` — one second later for a caller it had just answered.
+* A streamed call is answered by any number of ``item`` and ``beat`` envelopes, then one
+  final ``reply`` or ``error``, all over direct reply-to (which keeps their order: one
+  publisher channel to one consumer); each goes to ``on_answer`` as it comes, and the call
+  is forgotten only on the final one.
 * While the connection is down ``send`` raises a plain ConnectionError (the Bus retries
   until the call's deadline).  A call already published when the connection drops cannot
   get its reply (direct reply-to lives on the old channel) and may or may not have run:
@@ -29,7 +33,7 @@ from typing import Any
 
 from ...backoff import Backoff
 from ...wire.codec import decode
-from ...wire.envelope import Envelope
+from ...wire.envelope import ANSWERS, Envelope
 from ...wire.errors import ProtocolError, wire_error
 from ..base import AnswerCallback
 from .discovery import DISCOVER_TYPE, parse_answer
@@ -182,10 +186,11 @@ class Calls:
         except ProtocolError as exc:
             self._link.malformed(f"reply: {exc}")
             return
-        if env.kind not in ("reply", "error"):
+        if env.kind not in ANSWERS:
             self._link.malformed(f"a {env.kind} envelope arrived as a reply")
             return
-        call = self._out.pop(env.re, None)
+        final = env.kind == "reply" or env.kind == "error"
+        call = self._out.pop(env.re, None) if final else self._out.get(env.re)
         if call is not None:
             if len(self._answered) >= _PRUNE_AT:
                 self._answered.clear()

@@ -22,6 +22,10 @@ channel opened afterwards is acked at once.  A bus that fails over to another no
 re-opens its channels within that window.  So after a nack the next publishes go to a new
 channel (the outbox sends the refused one again); the old channel is closed once the
 confirms it still owes have come or timed out.
+
+A ``mandatory`` publish (a delayed message, :mod:`.delays`) that the broker cannot route
+is returned (``basic.return``, which comes before its ``basic.ack``): that send fails with
+ConnectionError, keyed by the message's ``message_id``.
 """
 
 from __future__ import annotations
@@ -41,12 +45,21 @@ _Pending = dict[int, tuple[asyncio.Future[None], Callable[[], None] | None]]
 class _Window:
     """One confirm channel: its next delivery tag and the sends waiting for its confirms."""
 
-    __slots__ = ("ch", "next_tag", "pending")
+    __slots__ = ("ch", "next_tag", "pending", "returned")
 
     def __init__(self, ch: Any) -> None:
         self.ch = ch
         self.next_tag = 1
         self.pending: _Pending = {}
+        self.returned: dict[str, str] = {}   # message_id -> why, of mandatory publishes returned
+
+
+def _unless_returned(win: _Window, message_id: str, then: Callable[[], None]) -> Callable[[], None]:
+    """``then``, skipped when the message was returned (its return precedes its ack)."""
+    def run() -> None:
+        if message_id not in win.returned:
+            then()
+    return run
 
 
 class Confirms:
@@ -69,7 +82,16 @@ class Confirms:
         win = _Window(ch)
         ch.events["basic_ack"].add(lambda tag, multiple: self._settle(win, tag, multiple, None))
         ch.events["basic_nack"].add(lambda tag, multiple: self._on_nack(win, tag, multiple))
+        ch.events["basic_return"].add(lambda exc, exchange, key, msg: self._on_return(
+            win, exc, key, msg))
         return win
+
+    @staticmethod
+    def _on_return(win: _Window, exc: Any, key: str, msg: Any) -> None:
+        message_id = getattr(msg, "properties", {}).get("message_id")
+        if message_id and len(win.returned) < 4096:
+            win.returned[str(message_id)] = (f"the broker could not route it ({key!r}: "
+                                             f"{getattr(exc, 'reply_text', exc)})")
 
     def __len__(self) -> int:
         return sum(len(w.pending) for w in (self._win, *self._retired) if w is not None)
@@ -84,6 +106,9 @@ class Confirms:
         if win is None:
             raise ConnectionError("amqp: no confirm channel (reconnecting)")
         assert link.loop is not None
+        message_id = str(props.get("message_id", "")) if props.get("mandatory") else ""
+        if then is not None and message_id:
+            then = _unless_returned(win, message_id, then)
         tag = win.next_tag
         win.next_tag += 1
         fut: asyncio.Future[None] = link.loop.create_future()
@@ -93,8 +118,13 @@ class Confirms:
         try:
             link.guard(link.publish, win.ch, body, exchange, key, **props)
             await fut
+            why = win.returned.pop(message_id, None) if message_id else None
+            if why is not None:
+                raise ConnectionError(f"amqp: message {message_id} returned: {why}")
         finally:
             timer.cancel()
+            if message_id:
+                win.returned.pop(message_id, None)
             entry = win.pending.get(tag)
             if entry is not None and entry[0] is fut:
                 del win.pending[tag]

@@ -35,7 +35,7 @@ from ...wire.errors import ProtocolError, wire_error
 from .dial import connect_any
 from .link import body_of
 from .options import AmqpOptions
-from .topology import REDELIVERIES_HEADER, Topology
+from .topology import REDELIVERIES_HEADER, Topology, priority_mismatch
 
 __all__ = ["dead_body", "list_dead", "replay_dead"]
 
@@ -112,6 +112,23 @@ def _close(conn: Any) -> None:
             log.debug("amqp: closing the dead-letter connection failed", exc_info=True)
 
 
+def _declare_task_queue(conn: Any, ch: Any, topology: Topology, service: str) -> Any:
+    """Declare ``service``'s task queue on ``ch``; the channel to go on with.  One that
+    exists with the other ``x-max-priority`` setting is taken as it is (a refusal closes
+    the channel: a new one is opened for that)."""
+    queue = topology.task_queue(service)
+    try:
+        ch.queue_declare(queue, durable=True, auto_delete=False,
+                         arguments=topology.task_arguments(service))
+    except amqp.exceptions.PreconditionFailed as exc:
+        if topology.quorum or not priority_mismatch(exc):
+            raise
+        ch = conn.channel()
+        ch.queue_declare(queue, durable=True, auto_delete=False,
+                         arguments=topology.task_arguments(service, priority=False))
+    return ch
+
+
 def list_dead(opts: AmqpOptions, topology: Topology, service: str,
               start: int = 0) -> list[DeadLetter]:
     """The dead letters of ``service``, oldest first; consumes nothing (blocking: run it
@@ -146,8 +163,7 @@ def replay_dead(opts: AmqpOptions, topology: Topology, codec: Codec, service: st
     sent: set[str] = set()
     dead_q, task_q = topology.dead_queue(service), topology.task_queue(service)
     try:
-        ch.queue_declare(task_q, durable=True, auto_delete=False,
-                         arguments=topology.task_arguments(service))
+        ch = _declare_task_queue(conn, ch, topology, service)
         ch.confirm_select()
         while (msg := ch.basic_get(dead_q, no_ack=False)) is not None:
             tag = msg.delivery_info["delivery_tag"]
@@ -158,11 +174,14 @@ def replay_dead(opts: AmqpOptions, topology: Topology, codec: Codec, service: st
                 log.warning("amqp: a second dead copy of task %s of %s removed (replayed once)",
                             dead.id, service)
             else:
-                body = codec.encode(dead.replay_envelope())
-                ch.basic_publish_confirm(
-                    amqp.Message(body, content_type=codec.content_type, delivery_mode=2,
-                                 message_id=dead.id),
-                    exchange="", routing_key=task_q, confirm_timeout=opts.confirm_timeout)
+                again = dead.replay_envelope()
+                props: dict[str, Any] = {"content_type": codec.content_type,
+                                         "delivery_mode": 2, "message_id": dead.id}
+                if again.priority is not None:
+                    props["priority"] = again.priority
+                ch.basic_publish_confirm(amqp.Message(codec.encode(again), **props),
+                                         exchange="", routing_key=task_q,
+                                         confirm_timeout=opts.confirm_timeout)
                 sent.add(dead.id)
             ch.basic_ack(tag)
     except (OSError, amqp.exceptions.AMQPError, amqp.exceptions.MessageNacked) as exc:

@@ -49,7 +49,10 @@ class AmqpIncoming(Incoming):
         self.properties = properties
 
     async def reply(self, answer: Envelope) -> None:
-        """Publish the answer to the caller's direct reply-to address."""
+        """Publish the answer to the caller's direct reply-to address: any number of
+        ``item`` / ``beat`` envelopes of a streamed call, then its final ``reply`` or
+        ``error``.  Settling is :meth:`ack`'s (the node acks after the final answer).
+        ProtocolError for an answer above ``max_message`` (nothing is sent)."""
         await self._serving.reply(answer, codec_of(self.body))
 
     def _channel(self) -> Any:

@@ -23,7 +23,7 @@ from ...wire.envelope import Envelope
 from ...wire.errors import ProtocolError, wire_error
 from .connection import LoopConnection
 from .options import AmqpOptions
-from .topology import Topology
+from .topology import DELAY_LEASE_MS, Topology, priority_mismatch
 
 __all__ = ["LIBRARY_ERRORS", "Link", "body_of"]
 
@@ -67,6 +67,10 @@ class Link:
         self.ch_call: Any = None
         self.ch_pub: Any = None
         self.task_queues: set[str] = set()
+        self.plain_queues: set[str] = set()
+        """Task queues that exist without ``x-max-priority`` (kept across connections)."""
+        self.delay_leases: dict[int, float] = {}
+        """TTL -> when this bus last declared that delay queue (monotonic seconds)."""
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
         self.generation = 0
@@ -80,6 +84,7 @@ class Link:
         self.ch_call = conn.channel()
         self.ch_pub = conn.channel()
         self.task_queues.clear()
+        self.delay_leases.clear()
         self.generation += 1
         self.up_since = time.monotonic()
 
@@ -161,7 +166,12 @@ class Link:
 
     def declare_task_queue(self, service: str) -> None:
         """Declare ``service``'s dead queue, its binding and its task queue (once per
-        connection); ProtocolError when the broker refuses them."""
+        connection); ProtocolError when the broker refuses them.
+
+        A classic task queue that exists without ``x-max-priority`` (declared by a vertebra
+        that did not order by priority) cannot be given it: the broker refuses to change a
+        queue's arguments (PRECONDITION_FAILED).  It is then used as it is, without
+        priorities, with one warning; and the other way round for one that has it."""
         queue = self.topology.task_queue(service)
         if queue in self.task_queues:
             return
@@ -171,11 +181,48 @@ class Link:
             self.declare("queue_declare", dead, durable=True, auto_delete=False,
                          arguments=topo.dead_arguments())
             self.declare("queue_bind", dead, topo.dlx, dead)
-            self.declare("queue_declare", queue, durable=True, auto_delete=False,
-                         arguments=topo.task_arguments(service))
+            plain = queue in self.plain_queues
+            try:
+                self.declare("queue_declare", queue, durable=True, auto_delete=False,
+                             arguments=topo.task_arguments(service, priority=not plain))
+            except ProtocolError as exc:
+                if topo.quorum or not priority_mismatch(exc):
+                    raise
+                plain = not plain
+                self.declare("queue_declare", queue, durable=True, auto_delete=False,
+                             arguments=topo.task_arguments(service, priority=not plain))
+                if plain:
+                    self.plain_queues.add(queue)
+                    log.warning("amqp: task queue %s exists without x-max-priority (declared "
+                                "by an older vertebra or by hand): its tasks are not ordered "
+                                "by priority; delete it while it is empty to have them", queue)
+                else:
+                    self.plain_queues.discard(queue)
         finally:
             self.kick()
         self.task_queues.add(queue)
+
+    def declare_delay_queue(self, ttl_ms: int) -> None:
+        """Declare the delay queue of ``ttl_ms`` and its binding, unless this bus did less
+        than half its lease ago: ``x-expires`` counts from the last declaration (publishing
+        does not renew it), so the queue outlives every message published meanwhile."""
+        now = time.monotonic()
+        last = self.delay_leases.get(ttl_ms)
+        if last is not None and now - last < DELAY_LEASE_MS / 2000:
+            return
+        topo = self.topology
+        queue = topo.delay_queue(ttl_ms)
+        try:
+            self.declare("queue_declare", queue, durable=True, auto_delete=False,
+                         arguments=topo.delay_arguments(ttl_ms))
+            self.declare("queue_bind", queue, topo.delay_exchange, "",
+                         arguments=topo.delay_binding(ttl_ms))
+        finally:
+            self.kick()
+        if len(self.delay_leases) >= 1024:
+            self.delay_leases = {t: at for t, at in self.delay_leases.items()
+                                 if now - at < DELAY_LEASE_MS / 2000}
+        self.delay_leases[ttl_ms] = now
 
     # -- the loop ---------------------------------------------------------------------------
 

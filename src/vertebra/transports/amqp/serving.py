@@ -13,6 +13,13 @@ crash loop ends on either.
 
 A consumer the broker cancels (its queue was deleted: on a cluster, a call queue whose
 node died) is declared and consumed again (:meth:`Serving._cancelled`).
+
+A cast or task that arrives more than ``REDELAY_AFTER`` (1 s) before its ``not_before`` (a
+delay longer than the longest delay queue, or clocks apart) is not handed to the node but
+sent through a delay queue again for the rest, confirmed, and this delivery acked from the
+confirm (:meth:`Serving._redelay`).  An answer to a call may be several envelopes (a
+streamed call's ``item`` and ``beat`` answers, then its final ``reply`` or ``error``): each
+is published as it comes; the node settles the delivery after the final one.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from ...wire.info import ServiceInfo
 from ..base import Handler
 from .confirms import Confirms
 from .deadletters import dead_body
+from .delays import REDELAY_AFTER, Delays, not_yet_ms
 from .discovery import answer_message
 from .incoming import AmqpIncoming, Served
 from .link import Link, body_of
@@ -39,15 +47,16 @@ __all__ = ["Serving"]
 
 log = logging.getLogger("vertebra.transports.amqp")
 
-_KEPT_PROPERTIES = ("content_type", "message_id", "correlation_id", "type")
+_KEPT_PROPERTIES = ("content_type", "message_id", "correlation_id", "type", "priority")
 
 
 class Serving:
     """The services this transport serves, their consumers and what they settle."""
 
-    def __init__(self, link: Link, confirms: Confirms) -> None:
+    def __init__(self, link: Link, confirms: Confirms, delays: Delays) -> None:
         self.link = link
         self._confirms = confirms
+        self._delays = delays
         self.services: dict[str, Served] = {}
         self._ch_control: Any = None
         self._backoff = Backoff(base=0.1, cap=link.opts.reconnect_max)
@@ -167,7 +176,10 @@ class Serving:
             return
         served.inflight += 1
         incoming = AmqpIncoming(env, self, served, ch, tag, body, dict(msg.properties))
-        if env.kind != "call" and msg.delivery_info.get("redelivered"):
+        early = not_yet_ms(env) if env.kind != "call" else 0.0
+        if early > REDELAY_AFTER * 1000:
+            self.link.spawn(self._redelay(incoming, early))
+        elif env.kind != "call" and msg.delivery_info.get("redelivered"):
             count = (msg.properties.get("application_headers") or {}).get(DELIVERY_COUNT)
             if not isinstance(count, int):
                 self.link.spawn(self._redelivered(incoming))   # classic: count by re-publishing
@@ -274,6 +286,33 @@ class Serving:
         finally:
             incoming._done = True
             incoming._finish()
+
+    async def _redelay(self, incoming: AmqpIncoming, early_ms: float) -> None:
+        """A cast or task that came out ``early_ms`` before its ``not_before``: through a
+        delay queue again (confirmed; this delivery acked from the confirm).  Should the
+        broker refuse the delay queue, the node gets it and waits until it is due."""
+        link, env = self.link, incoming.envelope
+        props = {k: v for k, v in incoming.properties.items() if k in _KEPT_PROPERTIES}
+        props["application_headers"] = dict(incoming.properties.get("application_headers") or {})
+        props.setdefault("message_id", env.id)   # a returned publish is matched by it
+        handed = False
+        try:
+            await link.ready()
+            link.declare_task_queue(env.service)
+            await self._delays.publish(incoming.body, env.service, not_yet_ms(env) or early_ms,
+                                       then=incoming.ack_now, **props)
+            link.stats["redelayed"] += 1
+        except ConnectionError:
+            incoming.requeue_now()     # the connection is alive (else a no-op): try again
+        except ProtocolError as exc:
+            log.warning("amqp: cannot delay %s of %s again (%s); its node waits for it",
+                        env.id, env.service, exc)
+            handed = True              # settled by the node, like any delivery
+            link.spawn(incoming._served.handler(incoming))
+        finally:
+            if not handed:
+                incoming._done = True
+                incoming._finish()
 
     # -- discovery: answering for the services served here -------------------------------
 

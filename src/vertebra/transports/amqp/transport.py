@@ -33,6 +33,19 @@ Guarantees:
   queue died with its node) consumes the re-declared queue again (:mod:`.serving`); a
   call returned unrouted for a service that answered lately is held up to 1 s while
   its replicas re-declare (:mod:`.calls`).
+* Delayed casts and tasks (``not_before`` ahead) are held by the broker, durably: published
+  persistent and confirmed to a delay queue whose TTL (the delay rounded up) dead-letters
+  them to the task queue when due (:mod:`.delays`).  Never released early; a worker sends
+  one that still comes out early (a delay above 7 days, clocks apart) to a delay queue
+  again.  A call with ``not_before`` is sent at once (its node waits until it is due).
+* Priorities: the ``priority`` property (0-9); classic task queues are declared with
+  ``x-max-priority`` 9, so queued casts and tasks of a higher priority are delivered
+  first.  One that exists without it is used as it is (a warning; no priorities there).
+  Quorum queues: no ``priorities`` capability (RabbitMQ 3.x has none for them; 4.x two
+  levels, 5-9 before 0-4, which the property still gets).
+* Streamed calls: any number of ``item`` / ``beat`` answers, then the final ``reply`` /
+  ``error``, over direct reply-to, in the order sent; the call is forgotten only on the
+  final one.
 * Events: one topic exchange; a pattern is the binding key, one to one; one exclusive
   auto-delete queue per subscribing bus; confirmed publish.
 * Connection loss: heartbeats; reconnect with backoff, re-declare, resume consuming.  A
@@ -64,6 +77,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from typing import Any, ClassVar
 
 from ...wire.codec import Codec, decode
@@ -76,6 +90,7 @@ from ..base import AnswerCallback, Capabilities, EventHandler, Handler, Transpor
 from .calls import Calls
 from .confirms import Confirms
 from .deadletters import list_dead, replay_dead
+from .delays import Delays, not_yet_ms
 from .discovery import merge, request_message
 from .link import Link, body_of
 from .options import parse_url
@@ -91,19 +106,24 @@ class AmqpTransport(Transport):
     scheme: ClassVar[str] = "amqp"
     capabilities: ClassVar[Capabilities] = Capabilities(
         durable_tasks=True, task_redelivery=True, fast_unreachable=True, multi_process=True,
-        max_message_size=16 * 1024 * 1024)
+        max_message_size=16 * 1024 * 1024, holds_delayed=True, priorities=True)
 
     def __init__(self, url: str, codec: Codec) -> None:
         super().__init__(url, codec)
         self.opts = parse_url(url)
+        if self.opts.quorum:   # quorum queues take no x-max-priority (see the module doc)
+            self.capabilities = dataclasses.replace(  # type: ignore[misc]  # per URL
+                type(self).capabilities, priorities=False)
         self.stats.update({"returned": 0, "held": 0, "buried": 0, "redelivered": 0,
                            "dropped": 0, "nacked": 0, "confirm_timeouts": 0, "failovers": 0,
-                           "channels_renewed": 0, "consumers_cancelled": 0})
+                           "channels_renewed": 0, "consumers_cancelled": 0, "delayed": 0,
+                           "redelayed": 0})
         self._link = Link(self.opts, codec, self.stats, self._up, self._down)
         self.topology = self._link.topology
         self._confirms = Confirms(self._link)
         self._calls = Calls(self._link)
-        self._serving = Serving(self._link, self._confirms)
+        self._delays = Delays(self._link, self._confirms)
+        self._serving = Serving(self._link, self._confirms, self._delays)
         self._ch_events: Any = None
         self._event_queue = ""
         self._subs: list[tuple[str, EventHandler]] = []
@@ -179,8 +199,16 @@ class AmqpTransport(Transport):
             body = link.encode(env)
             await link.ready()
             link.declare_task_queue(env.service)
-            await self._confirms.publish(body, "", link.topology.task_queue(env.service),
-                                         delivery_mode=2, message_id=env.id)
+            props: dict[str, Any] = {"delivery_mode": 2, "message_id": env.id}
+            if env.priority is not None:
+                props["priority"] = env.priority
+            early = not_yet_ms(env)
+            if early >= 1:
+                await self._delays.publish(body, env.service, early, **props)
+                link.stats["delayed"] += 1
+            else:
+                await self._confirms.publish(body, "", link.topology.task_queue(env.service),
+                                             **props)
         elif env.kind == "event":
             body = link.encode(env)
             await self._confirms.publish(body, link.topology.events, env.topic, delivery_mode=1,
