@@ -172,3 +172,23 @@ async def test_a_component_stream_tells_conflict_from_a_wrong_secret():
     assert got == ["1"]
     for server in servers:
         server.close()
+
+
+def test_stream_answers_travel_in_headline_messages():
+    text = stanzas.answer_message("a@b/c", b'{"v":1}').replace(
+        "<message ", "<message xmlns='jabber:client' ")
+    msg = ET.fromstring(text)
+    assert (msg.get("type"), msg.get("to")) == ("headline", "a@b/c")
+    assert stanzas.is_answer_message(msg) and stanzas.env_of(msg) == b'{"v":1}'
+    chat = ET.fromstring(text.replace("headline", "chat"))
+    assert not stanzas.is_answer_message(chat)
+    assert stanzas.same_jid("Calc@LocalHost/vt-1", "calc@localhost/vt-1")
+    assert not stanzas.same_jid("calc@localhost/VT-1", "calc@localhost/vt-1")
+    assert not stanzas.same_jid("calc@localhost", "calc@localhost/vt-1")
+
+
+def test_capabilities_no_priorities_and_the_outbox_holds_delayed_messages():
+    from vertebra.transports.xmpp import XmppTransport
+
+    caps = XmppTransport.capabilities
+    assert (caps.priorities, caps.holds_delayed) == (False, False)

@@ -43,7 +43,9 @@ class XmppIncoming(Incoming):
         self._t, self._served, self._settled, self._codec = t, served, False, codec
 
     async def reply(self, answer: Envelope) -> None:
-        """Answer the call: the reply goes in the IQ result (an error in an IQ error)."""
+        """Answer the call: an ``item`` or ``beat`` in a message to the caller (any number,
+        in order; ProtocolError above ``max_size``), then the final reply in the IQ result
+        (an error in an IQ error)."""
         self._t.serving.answer(self.envelope, answer, self._codec)
 
     async def ack(self) -> None:
@@ -71,7 +73,10 @@ class RpcIncoming(Incoming):
         self._t, self._served, self._to, self._sid, self._done = t, served, to, sid, False
 
     async def reply(self, answer: Envelope) -> None:
-        """Answer in XML-RPC: a methodResponse or a fault."""
+        """Answer in XML-RPC: a methodResponse or a fault (XML-RPC has no streams: an
+        ``item`` or ``beat`` is dropped; a Jabber-RPC call never asks for a stream)."""
+        if answer.kind == "item" or answer.kind == "beat":
+            return
         if answer.kind == "reply":
             try:
                 inner = jabber_rpc.response(answer.result)

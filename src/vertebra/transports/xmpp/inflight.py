@@ -10,7 +10,7 @@ from typing import Any
 
 from ...wire.codec import CODECS, Codec
 from ...wire.deadletter import attempt_of
-from ...wire.envelope import Envelope
+from ...wire.envelope import STREAM_HEADER, Envelope
 
 __all__ = ["REPLAY_HEADER", "Out", "Sink", "codec_of", "delivery_key"]
 
@@ -52,3 +52,9 @@ class Out:
     transmissions: int = 0
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     sink: Sink | None = None   # forwarded for someone else (the gateway): the answer goes here
+    items: int = 0             # a streamed call: items received (from ``target``) so far
+
+    @property
+    def streamed(self) -> bool:
+        """A call whose result comes as a stream (the ``stream`` header)."""
+        return self.env.kind == "call" and STREAM_HEADER in self.env.headers

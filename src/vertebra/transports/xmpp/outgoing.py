@@ -22,7 +22,14 @@ after its handler finished) only the sender has it.  So:
 
 Calls share the table: sent at once (``send`` returns), answered through ``on_answer``;
 no replica: ``Unreachable`` at once unless the service was live a moment ago
-(:meth:`Directory.recently_live`), then it waits ``grace`` seconds for one.
+(:meth:`Directory.recently_live`), then it waits ``grace`` seconds for one.  A streamed
+call (the ``stream`` header) gets its ``item`` and ``beat`` envelopes in headline messages
+from the replica it was sent to (:meth:`Outgoing.on_message`), each passed to
+``on_answer`` with the call kept in flight; only the final IQ result or error ends it.
+A streamed call moves to another replica like any call until its first item has come;
+after that its replica going away (its presence, or the server bouncing the IQ) answers it
+``unreachable`` (a new replica would start the stream again), and so does our own
+connection dropping while it is out (items sent meanwhile are lost).
 
 Forwarded messages (the gateway, :mod:`.gateway`) share it too: routed the same way, but
 their answer (or this transport's own failure) goes to their :data:`.inflight.Sink`.
@@ -168,6 +175,11 @@ class Outgoing:
     def _route(self, out: Out, first: bool = False) -> None:
         """Send ``out`` to the best replica, or let it wait for one, or fail it."""
         env = out.env
+        if out.items:                   # a stream begun cannot move: it would start again
+            self._give_up(out, wire_error(
+                "unreachable", "Unreachable", f"{out.target or 'the replica'} of "
+                f"{env.service!r} went away after {out.items} item(s) of the stream"))
+            return
         target = self.t.directory.choose(env.service, out.gone, self.per_target)
         if target:
             self._transmit(out, target)
@@ -293,11 +305,16 @@ class Outgoing:
                 self._route(out)
 
     def offline(self) -> None:
-        """The connection is lost: every waiting send fails now (its outbox re-sends it)."""
+        """The connection is lost: every waiting send fails now (its outbox re-sends it),
+        and so does every streamed call sent out (its items meanwhile are lost)."""
         for out in list(self.out.values()):
             if out.env.kind != "call" and not out.owned:
                 self._settle(out, ConnectionError("xmpp connection lost before the "
                                                   "acknowledgement"))
+            elif out.streamed and out.target:
+                self._give_up(out, wire_error(
+                    "unreachable", "Unreachable", "the connection to the XMPP server dropped "
+                    f"during the stream from {out.target} (items may be lost)"))
 
     def close(self) -> int:
         """Fail every waiting send; return how many owned messages were never acknowledged."""
@@ -372,6 +389,28 @@ class Outgoing:
             log.warning("%s: %s %s.%s (%s) refused by %s: %s", self.t.jid, env.kind,
                         env.service, env.method, env.id, out.target, why)
             self._settle(out, ProtocolError(f"{env.kind} {env.id} refused: {why}"))
+
+    def on_message(self, xml: ET.Element) -> None:
+        """A headline message with an ``item`` or ``beat`` of one of our streamed calls;
+        ignored unless it comes from the replica the call is with (late, stray)."""
+        try:
+            data = stanzas.env_of(xml)
+            env = decode(data or b"")
+        except (ValueError, ProtocolError) as exc:
+            self.t.stats["malformed"] += 1
+            log.warning("%s: malformed stream message from %s: %s", self.t.jid,
+                        xml.get("from", ""), exc)
+            return
+        if env.kind != "item" and env.kind != "beat":
+            self.t.stats["malformed"] += 1
+            return
+        out = self.out.get(env.re)
+        if out is None or out.env.kind != "call" or out.sink is not None \
+                or not stanzas.same_jid(xml.get("from", ""), out.target):
+            return
+        if env.kind == "item":
+            out.items += 1
+        self.t.answer_now(env)
 
     def _deliver(self, call: Envelope, data: bytes) -> None:
         try:

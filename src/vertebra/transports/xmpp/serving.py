@@ -199,8 +199,13 @@ class Serving:
             self.done.popitem(last=False)
 
     def answer(self, call: Envelope, answer: Envelope, codec: Codec) -> None:
-        """Send the answer to a call (to the newest copy's sender), in ``codec``."""
+        """Send the answer to a call (to the newest copy's sender), in ``codec``: an
+        ``item`` or ``beat`` in a message (:meth:`stream`), the final reply or error in
+        the IQ result or error."""
         key = delivery_key(call)
+        if answer.kind == "item" or answer.kind == "beat":
+            self.stream(key, answer, codec)
+            return
         to, sid = self.inflight.get(key, (call.reply_to, ""))
         try:
             data = self.t.encode(answer, codec)
@@ -217,6 +222,18 @@ class Serving:
                                     "cancel", inner=inner)
         self.t.send_xml(text)
         self._release(key, call.id)
+
+    def stream(self, key: str, answer: Envelope, codec: Codec) -> None:
+        """Send an ``item`` or ``beat`` of the streamed call ``key`` to its caller's full
+        JID, in a headline message on the same stream as (so before) the final IQ answer.
+
+        ProtocolError when it is above ``max_size`` (nothing sent).  Dropped when the call
+        was answered already; lost (as any stanza) while we are offline — the caller,
+        seeing our presence go, fails the call ``unreachable``."""
+        data = self.t.encode(answer, codec)
+        where = self.inflight.get(key)
+        if where is not None:
+            self.t.send_xml(stanzas.answer_message(where[0], data))
 
     async def settle(self, served: Served, env: Envelope, requeue: bool | None,
                      error: dict[str, Any] | None = None) -> None:

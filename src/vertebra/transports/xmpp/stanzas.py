@@ -4,7 +4,9 @@ Wire summary (docs/protocol/xmpp.md has the whole of it):
 
 * ``<env xmlns='urn:vertebra:envelope:1'>BASE64</env>`` — one encoded envelope (JSON or
   msgpack bytes, base64) inside an ``<iq type='set'>`` (call/cast/task), its
-  ``type='result'`` (reply, or empty = acknowledged) or ``type='error'`` answer, or a
+  ``type='result'`` (reply, or empty = acknowledged) or ``type='error'`` answer, a
+  ``<message type='headline'>`` from a node to its caller's full JID (an ``item`` or
+  ``beat`` of a streamed call, before the final IQ answer), or a
   ``<message type='groupchat'>`` to the events room (event).
 * ``<node xmlns='urn:vertebra:presence:1' jid='FULL' load='N'>JSON</node>`` in a MUC
   presence to the directory room: the services this connection serves and its load.
@@ -20,8 +22,9 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 __all__ = [
-    "NS_ENV", "NS_PRESENCE", "NS_PUBSUB", "NS_RPC", "NS_STANZAS", "IqError", "env_of", "error_iq",
-    "error_type", "node_of", "request_iq", "result_iq", "set_iq",
+    "NS_ENV", "NS_PRESENCE", "NS_PUBSUB", "NS_RPC", "NS_STANZAS", "IqError", "answer_message",
+    "env_of", "error_iq", "error_type", "is_answer_message", "node_of", "request_iq", "result_iq",
+    "same_jid", "set_iq",
 ]
 
 NS_ENV = "urn:vertebra:envelope:1"
@@ -48,6 +51,30 @@ def env_element(data: bytes) -> str:
 def set_iq(to: str, sid: str, data: bytes) -> str:
     """An IQ set carrying an envelope."""
     return f"<iq type='set' to={quoteattr(to)} id={quoteattr(sid)}>{env_element(data)}</iq>"
+
+
+def answer_message(to: str, data: bytes) -> str:
+    """A message carrying an ``item`` or ``beat`` envelope to a caller's full JID.
+
+    Type ``headline``: a server never stores it offline nor hands it to another resource
+    when ``to`` is gone (RFC 6121 §8.5.3.2.1: it is dropped), and it is neither archived
+    nor carbon-copied; on one stream it arrives before the IQ answer sent after it
+    (RFC 6120 §10.1, in-order processing)."""
+    return f"<message type='headline' to={quoteattr(to)}>{env_element(data)}</message>"
+
+
+def is_answer_message(xml: ET.Element) -> bool:
+    """Whether a received stanza is an :func:`answer_message`."""
+    return (xml.tag == "{jabber:client}message" and xml.get("type") == "headline"
+            and xml.find(_ENV_TAG) is not None)
+
+
+def same_jid(a: str, b: str) -> bool:
+    """Whether two full JIDs are the same (the bare part compared case-insensitively, as
+    the server's normalisation of ASCII localparts and domains; the resource exactly)."""
+    bare_a, _, res_a = a.partition("/")
+    bare_b, _, res_b = b.partition("/")
+    return res_a == res_b and bare_a.lower() == bare_b.lower()
 
 
 def request_iq(kind: str, to: str, sid: str, body: str) -> str:

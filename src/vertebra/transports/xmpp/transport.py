@@ -11,6 +11,10 @@ Capability sheet
   error envelope.  No replica: Unreachable at once — unless the service had one within
   the last ``?grace=`` seconds (3) or this bus has just (re)joined, then the call waits
   that long for one.  Calls in flight to a replica that vanishes go to another one.
+* Streamed calls (header ``stream``): the node sends each ``item`` and ``beat`` to the
+  caller's full JID in a ``<message type='headline'>`` carrying the envelope, on the same
+  stream as (so ahead of) the final IQ result/error.  Once items have come, the replica
+  going away (or our own connection dropping) answers the call ``unreachable``.
 * Casts and tasks: the same IQ; the ``result`` is the acknowledgement, sent after the
   handler finished.  ``send()`` waits for it at most ``?ack_wait=`` seconds (30) and, with
   no replica, at most ``grace`` seconds, then fails with ConnectionError so that the outbox
@@ -22,6 +26,9 @@ Capability sheet
   where the server's storage is); ``dead_letters``/``replay`` read and empty it
   (:mod:`.deadletters`).
 * Events: ``<message type='groupchat'>`` to the events room ``<room>-events`` (:mod:`.events`).
+* No priorities (``priorities=False``): there is no queue to order; each message goes at
+  once to an available replica chosen by presence and load.  No delayed delivery on the
+  server (``holds_delayed=False``): the sender's outbox holds a ``not_before`` message.
 * Jabber-RPC (XEP-0009), disco#info/#items (XEP-0030) and ping (XEP-0199) are answered
   (:mod:`.interop`).
 * A stable address per service for clients that join nothing: ``S@GATEWAY``, an XEP-0114
@@ -72,7 +79,7 @@ class XmppTransport(Transport):
     scheme: ClassVar[str] = "xmpp"
     capabilities: ClassVar[Capabilities] = Capabilities(
         durable_tasks=False, task_redelivery=True, fast_unreachable=True, multi_process=True,
-        max_message_size=180_000)
+        max_message_size=180_000, holds_delayed=False, priorities=False)
 
     def __init__(self, url: str, codec: Codec) -> None:
         super().__init__(url, codec)
@@ -170,7 +177,7 @@ class XmppTransport(Transport):
         return data
 
     def answer_now(self, answer: Envelope) -> None:
-        """Hand a reply or error for one of our calls to the Bus."""
+        """Hand an answer (reply, error, item, beat) for one of our calls to the Bus."""
         if self._on_answer is not None:
             self._on_answer(answer)
 
@@ -213,6 +220,8 @@ class XmppTransport(Transport):
         if tag == "{jabber:client}presence":
             return frm.startswith((self.directory.room + "/", self.events.room + "/"))
         if tag == "{jabber:client}message":
+            if xml.get("type") == "headline":
+                return stanzas.is_answer_message(xml)
             return frm.startswith(self.events.room + "/") and xml.get("type") == "groupchat"
         return False
 
@@ -232,7 +241,10 @@ class XmppTransport(Transport):
             elif tag == "{jabber:client}presence":
                 self._on_presence(xml)
             elif tag == "{jabber:client}message":
-                self.events.on_message(xml)
+                if xml.get("type") == "headline":
+                    self.outgoing.on_message(xml)
+                else:
+                    self.events.on_message(xml)
         except Exception:   # never let one stanza break the stream
             log.exception("%s: failed to handle a stanza", self.jid)
 
