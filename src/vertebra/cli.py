@@ -63,20 +63,47 @@ def serve(nodes: tuple[str, ...], url: str | None, metrics_port: int | None) -> 
 
 
 @main.command()
-@click.argument("script", type=click.Path(exists=True, dir_okay=False))
+@click.argument("script", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.argument("args", nargs=-1)
 @click.option("--url", default=None,
-              help="Sets $VERTEBRA_URL for the script (the default of vertebra.connect()).")
-def run(script: str, args: tuple[str, ...], url: str | None) -> None:
+              help="Sets $VERTEBRA_URL for the script (the default of vertebra.connect()); with "
+                   "--resume: the bus to resume on (default: the URLs in the journal when they "
+                   "hold no password, else $VERTEBRA_URL).")
+@click.option("--resume", "resume_id", metavar="ID", default=None,
+              help="Instead of a script: go on with durable workflow ID from its journal.")
+@click.option("--list", "list_journal", is_flag=True,
+              help="Instead of a script: list the journal's workflows.")
+@click.option("--journal", default=None, metavar="PATH",
+              help="The workflow journal (SQLite): for --resume and --list, and set as $VERTEBRA_JOURNAL "
+                   "for a script (default: $VERTEBRA_JOURNAL, else ./vertebra-workflows.db).")
+@click.option("--force", is_flag=True,
+              help="With --resume: take the workflow over even if its owner looks alive.")
+def run(script: str | None, args: tuple[str, ...], url: str | None, resume_id: str | None,
+        list_journal: bool, journal: str | None, force: bool) -> None:
     """Run a workflow SCRIPT (a Python file that builds a workflow and runs it), drawing the
-    progress of every workflow it runs on the terminal."""
+    progress of every workflow it runs on the terminal; or resume (--resume ID) or list
+    (--list) the durable workflows of a journal."""
     import runpy
 
     from .workflow import runner
+    from .workflow.journal import default_journal
     from .workflow.progress import terminal_reporter
 
+    if sum((script is not None, resume_id is not None, list_journal)) != 1:
+        raise click.UsageError("give exactly one of SCRIPT, --resume ID and --list")
+    if script is None and args:
+        raise click.UsageError("ARGS go with a SCRIPT")
+    if list_journal:
+        _list_journal(journal or default_journal())
+        return
+    if resume_id is not None:
+        _resume(resume_id, journal or default_journal(), url, force)
+        return
+    assert script is not None
     if url:
         os.environ["VERTEBRA_URL"] = url
+    if journal:
+        os.environ["VERTEBRA_JOURNAL"] = journal
     sys.argv = [script, *args]
     with terminal_reporter() as report:
         runner.default_progress = report
@@ -84,6 +111,53 @@ def run(script: str, args: tuple[str, ...], url: str | None) -> None:
             runpy.run_path(script, run_name="__main__")
         finally:
             runner.default_progress = None
+
+
+def _list_journal(path: str) -> None:
+    from .workflow.definition import load_workflow
+    from .workflow.journal import Journal
+
+    if not os.path.exists(path):
+        raise click.ClickException(f"no journal at {path}")
+    with Journal(path) as j:
+        entries = j.entries()
+    rows = [("ID", "STATUS", "STEPS", "UPDATED", "OWNER", "WORKFLOW")]
+    for e in entries:
+        flow = str(load_workflow(e.definition))
+        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.updated))
+        rows.append((e.id, e.status, str(e.steps_done), updated, e.owner or "-",
+                     flow if len(flow) <= 60 else flow[:57] + "..."))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+
+
+def _resume(workflow_id: str, path: str, url: str | None, force: bool) -> None:
+    from . import connect
+    from .workflow import WorkflowBusy, WorkflowError, resume
+    from .workflow.journal import Journal
+    from .workflow.progress import terminal_reporter
+
+    if not os.path.exists(path):
+        raise click.ClickException(f"no journal at {path}")
+    with Journal(path) as j:
+        entry = j.entry(workflow_id)
+    if entry is None:
+        raise click.ClickException(f"no workflow {workflow_id!r} in {path}")
+    if url:
+        urls: tuple[str, ...] = (url,)
+    elif entry.urls_complete and entry.urls:
+        urls = entry.urls
+    elif os.environ.get("VERTEBRA_URL"):
+        urls = (os.environ["VERTEBRA_URL"],)
+    else:
+        raise click.ClickException(f"the journal keeps no passwords ({', '.join(entry.urls)}): give --url")
+    try:
+        with terminal_reporter() as report, connect(*urls) as bus:
+            result = resume(bus, workflow_id, path, progress=report, force=force)
+    except (WorkflowError, WorkflowBusy) as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    click.echo(json.dumps(result, ensure_ascii=False, default=repr))
 
 
 @main.command()

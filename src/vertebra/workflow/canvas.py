@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..dispatch.bus import AsyncBus
     from ..dispatch.sync import Bus
     from ..wire.info import ServiceInfo
+    from .journal import JournalArg
     from .runner import Progress
 
 Mode = Literal["orchestrated", "choreographed"]
@@ -79,33 +80,51 @@ class Workflow:
             raise ValueError("workflow cannot run: " + "; ".join(found))
 
     def run(self, bus: Bus, value: Any = NOTHING, *, mode: Mode = "orchestrated",
-            progress: Callable[[Progress], None] | None = None, timeout: float = 60.0) -> Any:
+            progress: Callable[[Progress], None] | None = None, timeout: float = 60.0,
+            workflow_id: str | None = None, journal: JournalArg = None) -> Any:
         """Run on a sync bus and block for the last step's result.
 
         ``value`` is the first step's input (omit it for none). ``mode="choreographed"``
         sends a routing slip instead of driving each step (chains of steps only);
         ``timeout`` bounds a choreographed run (orchestrated steps use their own).
         ``progress`` is called (on the bus's loop thread) with each :class:`Progress`.
+        ``workflow_id`` makes an orchestrated run durable: it is kept in ``journal`` (a
+        :class:`~vertebra.workflow.journal.Journal` or the path of its SQLite file; default
+        ``$VERTEBRA_JOURNAL``, else vertebra-workflows.db) and resumed from there by any
+        process that runs it again (see :mod:`vertebra.workflow.durable`).
         """
-        return bus.portal.run(self.run_async(bus.core, value, mode=mode, progress=progress, timeout=timeout))
+        return bus.portal.run(self.run_async(bus.core, value, mode=mode, progress=progress, timeout=timeout,
+                                             workflow_id=workflow_id, journal=journal))
 
     async def run_async(self, bus: AsyncBus, value: Any = NOTHING, *, mode: Mode = "orchestrated",
-                        progress: Callable[[Progress], None] | None = None, timeout: float = 60.0) -> Any:
+                        progress: Callable[[Progress], None] | None = None, timeout: float = 60.0,
+                        workflow_id: str | None = None, journal: JournalArg = None) -> Any:
         """The async twin of :meth:`run`."""
         from .choreography import run_choreographed
+        from .durable import run_durable
         from .runner import run_orchestrated
 
+        if mode not in ("orchestrated", "choreographed"):
+            raise ValueError(f"mode is 'orchestrated' or 'choreographed', not {mode!r}")
+        if workflow_id is None:
+            if journal is not None:
+                raise ValueError("a journal keeps workflows by id: give the run a workflow_id")
+        elif mode == "choreographed":
+            raise ValueError("a journal is for orchestrated runs: a routing slip has no coordinator "
+                             "to keep one (on AMQP its steps wait in durable queues instead)")
         if mode == "choreographed":
             return await run_choreographed(self, bus, value, progress, timeout)
-        if mode != "orchestrated":
-            raise ValueError(f"mode is 'orchestrated' or 'choreographed', not {mode!r}")
+        if workflow_id is not None:
+            return await run_durable(self, bus, value, progress, journal, workflow_id)
         return await run_orchestrated(self, bus, value, progress)
 
-    def stream(self, bus: AsyncBus, value: Any = NOTHING) -> AsyncIterator[Progress]:
-        """Run orchestrated, yielding progress; the last event is "finished" (or it raises)."""
+    def stream(self, bus: AsyncBus, value: Any = NOTHING, *, workflow_id: str | None = None,
+               journal: JournalArg = None) -> AsyncIterator[Progress]:
+        """Run orchestrated, yielding progress; the last event is "finished" (or it raises).
+        ``workflow_id`` and ``journal`` as for :meth:`run`."""
         from .runner import stream_orchestrated
 
-        return stream_orchestrated(self, bus, value)
+        return stream_orchestrated(self, bus, value, workflow_id=workflow_id, journal=journal)
 
 
 @dataclass(frozen=True, slots=True, eq=True)
