@@ -94,6 +94,7 @@ class AsyncBus:
                              spool=Spool(spool) if spool else None,
                              hold_delayed=not self.transport.capabilities.holds_delayed)
         self._pending = PendingCalls()
+        self._pending.recancel = self.cancel
         self._runtimes: list[ServiceRuntime] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False

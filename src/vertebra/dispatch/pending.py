@@ -4,7 +4,9 @@ its items feed."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..wire.envelope import Envelope
@@ -28,6 +30,10 @@ class PendingCalls:
         # weakly: a stream its consumer dropped is collected, and its __del__ cancels it
         self._streams: weakref.WeakValueDictionary[str, StreamSink] = weakref.WeakValueDictionary()
         self.late = 0  # answers that arrived after their caller gave up
+        # streams given up before their end: id -> service, so that a node still sending
+        # (its cancel was lost: control events are at-most-once) is told again
+        self._abandoned: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self.recancel: Callable[[str, str], object] | None = None
 
     def add(self, call_id: str) -> asyncio.Future[Any]:
         """Register a call; the returned future gets its result or exception."""
@@ -47,6 +53,13 @@ class PendingCalls:
         """Forget a streamed call (finished, abandoned or failed)."""
         self._streams.pop(call_id, None)
 
+    def abandoned(self, call_id: str, service: str) -> None:
+        """A streamed call was given up before its end: answers still coming for it make
+        :attr:`recancel` run again (at most once per answer, for the last 1,024 of them)."""
+        self._abandoned[call_id] = service
+        if len(self._abandoned) > 1024:
+            self._abandoned.popitem(last=False)
+
     def resolve(self, answer: Envelope) -> None:
         """Settle the call that ``answer`` answers, or feed the stream it belongs to."""
         kind = answer.kind
@@ -61,6 +74,12 @@ class PendingCalls:
         sink = self._streams.get(answer.re)
         if sink is None:
             self.late += 1
+            service = self._abandoned.get(answer.re)
+            if service is not None:
+                if kind == "beat" and self.recancel is not None:
+                    self.recancel(service, answer.re)   # the node still waits: cancel again
+                elif kind != "item":
+                    del self._abandoned[answer.re]      # its final answer: it stopped
             return
         sink.feed(answer)
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..wire.control import STREAM_SILENCE, cancel_payload, control_topic, credit_payload
+from ..wire.control import STREAM_SILENCE, control_topic, credit_payload
 from ..wire.envelope import STREAM_HEADER, Envelope
 from ..wire.errors import CallTimeout, Unreachable, VertebraError, error_from_wire
 
@@ -163,7 +163,8 @@ class AsyncStream:
         if self._started and not self._done:
             self._forget()
             if not self._final:
-                self._bus.publish(control_topic(self._env.service), cancel_payload(self._env.id))
+                self._bus.cancel(self._env.service, self._env.id)
+                self._bus._pending.abandoned(self._env.id, self._env.service)
 
     async def aclose(self) -> None:
         """Give the stream up before its end; the node cancels its generator."""

@@ -112,7 +112,7 @@ async def _pump_async(out: _Sender, call: CallContext, source: AsyncIterator[Any
         aclose = getattr(source, "aclose", None)
         if aclose is not None:
             try:
-                await aclose()
+                await _finish(asyncio.ensure_future(aclose()))
             except Exception:
                 log.warning("closing the async generator of stream %s failed", out.env.id, exc_info=True)
         raise
@@ -143,6 +143,21 @@ def _next(source: Iterator[Any]) -> Any:
     return next(source, _END)
 
 
+async def _finish(fut: asyncio.Future[Any]) -> Any:
+    """Wait for ``fut`` (a generator's close) to the end even if the task is cancelled
+    meanwhile (a second stop, a deferred one): a close cut short would leave the
+    generator's ``finally`` unrun.  The cancellation is raised once it has finished."""
+    interrupted = False
+    while not fut.done():
+        try:
+            await asyncio.wait([fut])
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError
+    return fut.result()
+
+
 async def _settled(step: Future[Any]) -> None:
     """Wait until a pool step that was given up has finished (it may be running)."""
     if not step.done():
@@ -156,7 +171,7 @@ async def _close_sync(source: Iterator[Any], pool: Executor, ctx: contextvars.Co
     if close is None:
         return
     try:
-        await asyncio.wrap_future(pool.submit(ctx.run, close))
+        await _finish(asyncio.wrap_future(pool.submit(ctx.run, close)))
     except RuntimeError:                  # the pool was shut down (drain gave up on us)
         with contextlib.suppress(Exception):
             ctx.run(close)
