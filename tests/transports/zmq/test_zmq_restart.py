@@ -192,12 +192,12 @@ class SilentHub:
     def _serve(self) -> None:
         router = self.ctx.socket(zmq.ROUTER)
         router.linger = 0
-        if self.port:
-            router.bind(f"tcp://127.0.0.1:{self.port}")
-        else:
-            self.port = router.bind_to_random_port("tcp://127.0.0.1")
-        self._bound.set()
-        try:
+        try:   # a failed bind (the port taken meanwhile) must close it: ctx.term() would hang
+            if self.port:
+                router.bind(f"tcp://127.0.0.1:{self.port}")
+            else:
+                self.port = router.bind_to_random_port("tcp://127.0.0.1")
+            self._bound.set()
             while not self._stop.is_set():
                 if not router.poll(20):
                     continue

@@ -1,15 +1,19 @@
 """The hub's rules without sockets: HubState fed parsed commands, its answers recorded.
 
 Re-sends taken once, attempts left to the node, dead letters (bury, bound, pages, replay),
-poison messages, the grace a restarted hub gives services coming back."""
+poison messages, the grace a restarted hub gives services coming back; the priority
+queue; streamed calls (ITEM)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import pytest
+
 from vertebra.transports.zmq import frames as F
 from vertebra.transports.zmq.state import HubState
+from vertebra.transports.zmq.workqueue import WorkQueue
 
 A, N1, N2 = b"client", b"node-1", b"node-2"
 
@@ -235,3 +239,157 @@ def test_the_hub_remembers_only_the_last_dedup_window_sends():
         sim.cmd(A, F.CAST, b"svc", msgid, b"body")
     assert [d[2] for d in sim.deliveries(N1)] == [b"body"] * 4
     assert sim.state.stats["duplicates"] == 1
+
+
+# ---------------------------------------------------------------- priorities
+
+
+def test_the_work_queue_gives_the_highest_priority_first_fifo_within_one():
+    q: WorkQueue[tuple[str, int]] = WorkQueue()
+    for name, p in [("a", 0), ("b", 5), ("c", 0), ("d", 9), ("e", 5), ("f", 1)]:
+        q.append((name, p))
+    q.appendleft(("back", 5))                 # given back: first of its priority, not of all
+    assert len(q) == 7 and [n for n, _ in q] == ["d", "back", "b", "e", "f", "a", "c"]
+    assert [q.popleft()[0] for _ in range(3)] == ["d", "back", "b"]
+    q.append(("g", 7))                        # a higher one arriving later goes ahead
+    assert [n for n, _ in q.take_if(lambda it: it[0] in ("a", "g"))] == ["g", "a"]
+    assert [q.popleft()[0] for _ in range(len(q))] == ["e", "f", "c"]
+    assert not q
+    with pytest.raises(IndexError):
+        q.popleft()
+
+
+def _queue_tasks(sim: Sim, tasks: list[tuple[bytes, int | None]]) -> None:
+    for msgid, p in tasks:
+        prio = [] if p is None else [str(p).encode()]
+        sim.cmd(A, F.TASK, b"svc", msgid, *prio, b"body " + msgid)
+
+
+def test_queued_tasks_go_out_highest_priority_first():
+    sim = Sim()
+    sim.hello(A)
+    # None: a sender without the priority frame (older than it): priority 0
+    _queue_tasks(sim, [(b"t1", None), (b"t2", 3), (b"t3", 9), (b"t4", 0), (b"t5", 3), (b"t6", None)])
+    assert len(sim.got(A, F.QUEUED)) == 6
+    sim.serve(N1)
+    order = []
+    for _ in range(6):
+        _, tag, body = sim.deliveries(N1)[-1]
+        order.append(body.split()[1])
+        sim.cmd(N1, F.ACK, tag)
+    assert order == [b"t3", b"t2", b"t5", b"t1", b"t4", b"t6"]
+
+
+def test_a_requeued_task_keeps_the_front_of_its_priority():
+    sim = Sim()
+    sim.hello(A)
+    _queue_tasks(sim, [(b"hi", 5), (b"lo", 1), (b"hi2", 5), (b"top", 8)])
+    sim.serve(N1)
+    _, tag, body = sim.deliveries(N1)[-1]
+    assert body == b"body top"
+    sim.cmd(N1, F.ACK, tag)
+    _, tag, body = sim.deliveries(N1)[-1]
+    assert body == b"body hi"
+    sim.cmd(N1, F.NACK, tag, b"1")            # given back: ahead of hi2, behind nothing new
+    _queue_tasks(sim, [(b"hi3", 5)])
+    got = []
+    for _ in range(4):
+        _, tag, body = sim.deliveries(N1)[-1]
+        got.append(body.split()[1])
+        sim.cmd(N1, F.ACK, tag)
+    assert got == [b"hi", b"hi2", b"hi3", b"lo"]
+
+
+def test_work_of_a_dead_replica_goes_back_to_the_front_of_its_priority():
+    sim = Sim()
+    sim.hello(A)
+    sim.serve(N1, prefetch=2)
+    _queue_tasks(sim, [(b"a", 4), (b"b", 2)])     # both delivered to N1 at once
+    _queue_tasks(sim, [(b"c", 4), (b"d", 2), (b"e", 6)])
+    sim.now = 10.0
+    sim.hello(A)
+    sim.tick(10.0)                                  # N1 missed its heartbeats
+    sim.serve(N2, prefetch=1)
+    got = []
+    for _ in range(5):
+        _, tag, body = sim.deliveries(N2)[-1]
+        got.append(body.split()[1])
+        sim.cmd(N2, F.ACK, tag)
+    assert got == [b"e", b"a", b"c", b"b", b"d"]
+
+
+def test_a_bad_priority_frame_is_malformed_and_queues_nothing():
+    sim = Sim()
+    sim.hello(A)
+    sim.serve(N1)
+    for bad in (b"", b"10", b"x", b"-1", b" 1"):
+        sim.cmd(A, F.TASK, b"svc", b"t", bad, b"body")
+    assert sim.state.stats["malformed"] == 5
+    assert [f[0] for f in sim.got(A, F.PROTOCOL)] == [b"t"] * 5
+    assert sim.deliveries(N1) == [] and sim.got(A, F.QUEUED) == []
+
+
+def test_a_replayed_task_takes_its_priority_frame():
+    sim = Sim()
+    sim.hello(A)
+    sim.serve(N1)
+    _queue_tasks(sim, [(b"dead", 2)])
+    sim.cmd(N1, F.BURY, sim.deliveries(N1)[-1][1], b"{}")
+    sim.cmd(A, F.TASK, b"svc", b"busy", b"body busy")      # holds N1's one credit
+    _queue_tasks(sim, [(b"low", 1)])
+    sim.cmd(A, F.REPLAY, b"r1", b"svc", b"dead", b"7", b"body dead")
+    sim.cmd(A, F.REPLAY, b"r2", b"svc", b"dead", b"x", b"body dead")
+    assert sim.got(A, F.REPLAYED) == [[b"r1", b"1"], [b"r2", b"0"]]
+    assert sim.state.stats["malformed"] == 1
+    sim.cmd(N1, F.ACK, sim.deliveries(N1)[-1][1])
+    assert sim.deliveries(N1)[-1][2] == b"body dead"
+
+
+# ---------------------------------------------------------------- streamed calls
+
+
+def _streaming_call(sim: Sim) -> bytes:
+    sim.hello(A)
+    sim.serve(N1)
+    sim.cmd(A, F.CALL, b"svc", b"c1", b"the call")
+    return sim.deliveries(N1)[-1][1]
+
+
+def test_items_go_to_the_caller_and_only_the_reply_settles_the_call():
+    sim = Sim()
+    tag = _streaming_call(sim)
+    sim.cmd(A, F.CALL, b"svc", b"c2", b"second call")   # waits: N1's one credit is spent
+    for body in (b"item 0", b"beat 1", b"item 1"):
+        sim.cmd(N1, F.ITEM, tag, body)
+    assert sim.got(A, F.ANSWER) == [[b"item 0"], [b"beat 1"], [b"item 1"]]
+    assert len(sim.deliveries(N1)) == 1                  # no credit came back
+    assert tag in sim.state.peers[N1].inflight
+    sim.cmd(N1, F.REPLY, tag, b"reply 2")
+    assert sim.got(A, F.ANSWER)[-1] == [b"reply 2"]
+    assert [d[2] for d in sim.deliveries(N1)] == [b"the call", b"second call"]
+    sim.cmd(N1, F.ITEM, tag, b"late item")               # settled: dropped, not forwarded
+    assert sim.got(A, F.ANSWER)[-1] == [b"reply 2"] and sim.state.stats["dropped"] == 1
+
+
+def test_a_replica_that_dies_mid_stream_gets_its_caller_unreachable():
+    sim = Sim()
+    tag = _streaming_call(sim)
+    sim.cmd(N1, F.ITEM, tag, b"item 0")
+    sim.now = 10.0
+    sim.hello(A)
+    sim.tick(10.0)                                       # N1 missed its heartbeats
+    assert [f[0] for f in sim.got(A, F.UNREACHABLE)] == [b"c1"]
+
+
+def test_an_item_for_a_cast_or_over_the_limit_is_malformed():
+    sim = Sim(max_message_size=100)
+    tag = _streaming_call(sim)
+    sim.cmd(N1, F.ITEM, tag, b"x" * 101)
+    assert sim.state.stats["oversized"] == 1 and sim.got(N1, F.PROTOCOL)[-1][0] == b"c1"
+    sim.cmd(N1, F.REPLY, tag, b"reply")
+    sim.cmd(A, F.CAST, b"svc", b"k1", b"a cast")
+    cast_tag = sim.deliveries(N1)[-1][1]
+    sim.cmd(N1, F.ITEM, cast_tag, b"item 0")
+    assert sim.state.stats["malformed"] == 2
+    assert sim.got(A, F.ANSWER) == [[b"reply"]]
+    assert cast_tag in sim.state.peers[N1].inflight      # still the node's to settle

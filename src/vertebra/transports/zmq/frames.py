@@ -4,7 +4,9 @@ Every message on the hub's ROUTER socket starts with a two-byte header frame,
 ``[VERSION, COMMAND]``; the frames after it depend on the command.  The encoded envelope,
 when there is one, is always the *last* frame (of its group, for DEAD_LETTERS), and the
 frames before it carry only what the hub needs to route it, so the hub never decodes an
-envelope.
+envelope.  CALL, CAST, TASK and REPLAY may carry one more frame just before the envelope:
+the envelope's ``priority``, one ASCII digit (:data:`OPTIONAL`, :func:`priority_of`);
+without it the priority is 0, as from a sender older than the frame.
 
 :func:`parse` checks a multipart message (without the ROUTER identity frame) and returns
 ``(command, args)``; anything else raises :class:`FrameError`.  It never raises anything
@@ -15,12 +17,14 @@ from __future__ import annotations
 
 from typing import Final
 
+from ...wire.envelope import MAX_PRIORITY
+
 __all__ = [
     "ACK", "ANSWER", "BURY", "BYE", "CALL", "CAST", "CLIENT_COMMANDS", "DEAD", "DEAD_LETTERS",
     "DELIVER_KINDS", "DISCOVER", "EVENT_CONTROL", "FrameError", "GROUPS", "HEARTBEAT", "HELLO",
-    "HUB_COMMANDS", "KIND_CODES", "NACK", "PROTOCOL", "PUBOK", "QUEUED", "REPLAY", "REPLAYED",
-    "REPLY", "RESET", "SERVE", "SERVICES", "SYNC", "TASK", "UNREACHABLE", "UNSERVE", "VERSION",
-    "WELCOME", "header", "parse",
+    "HUB_COMMANDS", "ITEM", "KIND_CODES", "NACK", "OPTIONAL", "PROTOCOL", "PUBOK", "QUEUED",
+    "REPLAY", "REPLAYED", "REPLY", "RESET", "SERVE", "SERVICES", "SYNC", "TASK", "UNREACHABLE",
+    "UNSERVE", "VERSION", "WELCOME", "header", "parse", "priority_frame", "priority_of",
 ]
 
 VERSION: Final = 1
@@ -42,6 +46,7 @@ BYE: Final = 0x0D
 BURY: Final = 0x0E
 DEAD: Final = 0x0F
 REPLAY: Final = 0x10
+ITEM: Final = 0x11
 
 # hub -> client / node (HEARTBEAT, CALL, CAST and TASK are reused in this direction)
 WELCOME: Final = 0x21
@@ -65,10 +70,10 @@ DELIVER_KINDS: Final[dict[int, str]] = {CALL: "call", CAST: "cast", TASK: "task"
 CLIENT_COMMANDS: Final[dict[int, int]] = {
     HELLO: 1,        # json
     HEARTBEAT: 0,
-    CALL: 3,         # service, message id, envelope
+    CALL: 3,         # service, message id, [priority,] envelope
     CAST: 3,
     TASK: 3,
-    REPLY: 2,        # delivery tag, envelope
+    REPLY: 2,        # delivery tag, envelope (the final answer: settles the delivery)
     ACK: 1,          # delivery tag
     NACK: 2,         # delivery tag, b"1" requeue / b"0" give up / b"p" undecodable
     SERVE: 3,        # service, prefetch (ascii digits), json ServiceInfo
@@ -78,8 +83,13 @@ CLIENT_COMMANDS: Final[dict[int, int]] = {
     BYE: 0,
     BURY: 2,         # delivery tag, json wire error object
     DEAD: 3,         # request id, service, cursor (ascii digits)
-    REPLAY: 4,       # request id, service, message id of the dead letter, envelope to queue
+    REPLAY: 4,       # request id, service, message id of the dead letter, [priority,] envelope
+    ITEM: 2,         # delivery tag, envelope (an item or beat of a streamed call: settles nothing)
 }
+
+OPTIONAL: Final[dict[int, int]] = {CALL: 1, CAST: 1, TASK: 1, REPLAY: 1}
+"""Client commands that may carry this many more frames (the priority frame, just before
+the envelope)."""
 
 # hub -> client / node
 HUB_COMMANDS: Final[dict[int, int]] = {
@@ -135,11 +145,34 @@ def parse(frames: list[bytes], table: dict[int, int]) -> tuple[int, list[bytes]]
     if want is None:
         raise FrameError(f"unknown command 0x{command:02x}")
     got = len(frames) - 1
-    group = GROUPS.get(command) if table is HUB_COMMANDS else None
+    hub_side = table is HUB_COMMANDS
+    group = GROUPS.get(command) if hub_side else None
+    extra = 0 if hub_side else OPTIONAL.get(command, 0)
     if group is not None:
         if got < want or (got - want) % group:
             raise FrameError(f"command 0x{command:02x} takes {want} frames and groups of "
                              f"{group}, got {got}")
-    elif got != want:
-        raise FrameError(f"command 0x{command:02x} takes {want} frames, got {got}")
+    elif not want <= got <= want + extra:
+        takes = f"{want} or {want + extra}" if extra else f"{want}"
+        raise FrameError(f"command 0x{command:02x} takes {takes} frames, got {got}")
     return command, frames[1:]
+
+
+_PRIORITY_FRAMES: Final = tuple(str(p).encode() for p in range(MAX_PRIORITY + 1))
+_PRIORITIES: Final[dict[bytes, int]] = {f: p for p, f in enumerate(_PRIORITY_FRAMES)}
+
+
+def priority_frame(priority: int) -> bytes:
+    """The priority frame for ``priority`` (0..9): one ASCII digit; ValueError otherwise."""
+    if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be an integer from 0 to {MAX_PRIORITY}, got {priority!r}")
+    return _PRIORITY_FRAMES[priority]
+
+
+def priority_of(frame: bytes) -> int:
+    """The priority a priority frame carries; :class:`FrameError` unless it is exactly one
+    ASCII digit."""
+    p = _PRIORITIES.get(frame)
+    if p is None:
+        raise FrameError(f"a priority frame is one ASCII digit 0-9, got {frame[:20]!r}")
+    return p

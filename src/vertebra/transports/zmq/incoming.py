@@ -1,5 +1,9 @@
 """One delivery from the hub to a served service, and how it is settled.
 
+A streamed call is answered with any number of ITEM frames (``item`` and ``beat``
+envelopes) before its REPLY; they settle nothing (the call keeps its credit and its place
+in the hub's table of calls in flight, so a replica that dies mid-stream still gets its
+caller UNREACHABLE).
 Every way of settling gives the hub its credit back: REPLY (calls), ACK, NACK ``1``
 (back to the front of the queue unchanged: not an attempt), BURY (a task given up: the
 hub keeps it as a dead letter with the error) and NACK ``0`` (a cast given up: dropped).
@@ -26,6 +30,8 @@ log = logging.getLogger("vertebra.transports.zmq")
 
 _H_REPLY, _H_ACK, _H_NACK, _H_BURY = (F.header(F.REPLY), F.header(F.ACK), F.header(F.NACK),
                                       F.header(F.BURY))
+_H_ITEM = F.header(F.ITEM)
+_PARTIAL = frozenset({"item", "beat"})
 
 
 class ZmqIncoming(Incoming):
@@ -45,11 +51,21 @@ class ZmqIncoming(Incoming):
         return self._link.opts.confirm_timeout   # a full connection may take a moment
 
     async def reply(self, answer: Envelope) -> None:
-        """Send the answer; for the hub this also settles the delivery (credit comes back)."""
+        """Send the answer.  An ``item`` or ``beat`` (a streamed call) goes as ITEM and
+        settles nothing: ProtocolError if it cannot be encoded or is over
+        ``max_message_size`` (the node then ends the stream with an error).  The final
+        ``reply`` or ``error`` goes as REPLY and settles the delivery (credit comes back)."""
         if self._done:
             return
-        self._done = True
         limit = self._link.opts.max_message_size
+        if answer.kind in _PARTIAL:
+            body = self._codec.encode(answer)
+            if len(body) > limit:
+                raise ProtocolError(f"{answer.kind} of {len(body)} bytes is over the maximum of "
+                                    f"{limit} (max_message_size)")
+            await self._link.send([_H_ITEM, self._tag, body], wait=self._settle_wait())
+            return
+        self._done = True
         try:
             body = self._codec.encode(answer)
         except ProtocolError as exc:

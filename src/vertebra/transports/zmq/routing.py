@@ -4,7 +4,8 @@
 with its caller and message id) by the rules of docs/protocol/zmq.md §2: work is
 ready-based — SERVE with ``prefetch=n`` gives a peer ``n`` credits for that service, a
 delivery spends one, settling gives it back; work that finds no credit waits in the
-service's FIFO queue (``max_queue``); calls rotate over the replicas that have credit.
+service's queue (``max_queue``; highest priority first, FIFO within a priority:
+:class:`~.workqueue.WorkQueue`); calls rotate over the replicas that have credit.
 Everything it answers goes out through ``send(ident, frames) -> bool`` (False: the peer
 cannot be reached).  :class:`~.state.HubState` builds the protocol on top of it.
 """
@@ -12,18 +13,18 @@ cannot be reached).  :class:`~.state.HubState` builds the protocol on top of it.
 from __future__ import annotations
 
 import json
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import frames as F
+from .workqueue import WorkQueue
 
 __all__ = ["Item", "Peer", "Router", "Send", "Service"]
 
-Item = tuple[int, bytes, bytes, bytes, int]
+Item = tuple[int, bytes, bytes, bytes, int, int]
 """A routed message: command, caller ident, message id, envelope, deaths (how often the
-worker holding it died)."""
+worker holding it died), priority (0..9, from its priority frame; last, for the queue)."""
 Send = Callable[[bytes, list[bytes]], bool]
 
 
@@ -50,7 +51,7 @@ class Service:
     info: dict[bytes, dict[str, Any]] = field(default_factory=dict)
     available: int = 0
     rr: int = 0
-    queue: deque[Item] = field(default_factory=deque)
+    queue: WorkQueue[Item] = field(default_factory=WorkQueue)
 
 
 class Router:
@@ -180,14 +181,9 @@ class Router:
                 del self.services[name]
 
     def _fail_queued_calls(self, svc: Service) -> None:
-        keep: deque[Item] = deque()
-        for item in svc.queue:
-            if item[0] == F.CALL:
-                self.send(item[1], [F.header(F.UNREACHABLE), item[2],
-                                    b"no live replica serves " + svc.name[:200]])
-            else:
-                keep.append(item)
-        svc.queue = keep
+        for item in svc.queue.take_if(lambda it: it[0] == F.CALL):
+            self.send(item[1], [F.header(F.UNREACHABLE), item[2],
+                                b"no live replica serves " + svc.name[:200]])
 
     def _directory(self) -> bytes:
         out = []

@@ -4,7 +4,11 @@
 :class:`~.routing.Router`: :meth:`HubState.on_command` takes one parsed ROUTER message.
 
 * CAST / TASK are confirmed with QUEUED once held, and taken once: a re-send of the same
-  message (:class:`~.graveyard.RecentSends`) is confirmed again, not queued twice.
+  message (:class:`~.graveyard.RecentSends`) is confirmed again, not queued twice.  Their
+  priority frame (absent: 0) orders the service's queue; the envelope is never decoded.
+* A streamed call is answered by any number of ITEM frames (``item`` / ``beat``
+  envelopes), forwarded to the caller as ANSWER like a REPLY, but settling nothing: the
+  delivery stays in flight (credit spent, its caller on record) until the final REPLY.
 * A peer silent for its ``heartbeat × liveness`` is dropped: its services leave routing,
   its unsettled casts and tasks go back to the front of their queues, the callers of its
   calls get UNREACHABLE.  A cast or task whose worker died holding it more than
@@ -88,7 +92,9 @@ class HubState(Router):
             self.send(ident, [F.header(F.RESET)])
         peer.last_seen = self.now
         if F.CALL <= cmd <= F.TASK:
-            self.take(ident, cmd, *args)
+            self.take(ident, cmd, args)
+        elif cmd == F.ITEM:
+            self._item(peer, *args)
         elif cmd == F.REPLY:
             tag, body = args
             entry = peer.inflight.pop(tag, None)
@@ -148,8 +154,15 @@ class HubState(Router):
                    "liveness": liveness, "max_message_size": self.max_message_size}
         self.send(ident, [F.header(F.WELCOME), json.dumps(welcome).encode()])
 
-    def take(self, ident: bytes, cmd: int, service: bytes, msgid: bytes, body: bytes) -> None:
-        """CALL / CAST / TASK from ``ident``: check, deduplicate, route."""
+    def take(self, ident: bytes, cmd: int, args: list[bytes]) -> None:
+        """CALL / CAST / TASK from ``ident`` (its frames: service, message id, the priority
+        frame if any, envelope): check, deduplicate, route."""
+        service, msgid, body = args[0], args[1], args[-1]
+        try:
+            priority = F.priority_of(args[2]) if len(args) == 4 else 0
+        except F.FrameError as exc:
+            self.bad(ident, str(exc), msgid)
+            return
         if len(body) > self.max_message_size:
             self.stats["oversized"] += 1
             reason = f"message of {len(body)} bytes is over the hub's maximum of {self.max_message_size}"
@@ -161,14 +174,32 @@ class HubState(Router):
                 self.bad(ident, reason, msgid)
             return
         if cmd == F.CALL:
-            self._route(service, (cmd, ident, msgid, body, 0))
+            self._route(service, (cmd, ident, msgid, body, 0, priority))
             return
         if self.recent.seen(service, msgid, body):
             self.stats["duplicates"] += 1
             self.send(ident, [F.header(F.QUEUED), msgid])
             return
-        if self._route(service, (cmd, ident, msgid, body, 0), confirm=True):
+        if self._route(service, (cmd, ident, msgid, body, 0, priority), confirm=True):
             self.recent.add(service, msgid, body)
+
+    def _item(self, peer: Peer, tag: bytes, body: bytes) -> None:
+        """ITEM: one ``item`` or ``beat`` of the streamed call delivered as ``tag``, to its
+        caller as ANSWER; the delivery stays in flight (only its REPLY settles it)."""
+        entry = peer.inflight.get(tag)
+        if entry is None:          # settled already, or the hub dropped the caller's call
+            self.stats["dropped"] += 1
+            return
+        item = entry[1]
+        if item[0] != F.CALL:
+            self.bad(peer.ident, f"ITEM for a {F.DELIVER_KINDS[item[0]]}: only a call is answered")
+            return
+        if len(body) > self.max_message_size:
+            self.stats["oversized"] += 1
+            self.bad(peer.ident, f"item of {len(body)} bytes is over the hub's maximum of "
+                     f"{self.max_message_size}", item[2])
+            return
+        self.send(item[1], [F.header(F.ANSWER), body])
 
     def tick(self, now: float) -> None:
         """Liveness: drop silent peers, heartbeat the others; end the restart grace."""
@@ -251,7 +282,7 @@ class HubState(Router):
                 continue
             deaths = item[4] + (1 if died else 0)
             if deaths <= self.max_redeliveries:
-                self._requeue(name, (*item[:4], deaths))
+                self._requeue(name, (item[0], item[1], item[2], item[3], deaths, item[5]))
                 touched.add(name)
                 continue
             self.stats["worker_lost"] += 1   # a poison message: it kills its workers
@@ -272,7 +303,15 @@ class HubState(Router):
             frames += [entry.msgid, entry.error, entry.body]
         self.send(ident, frames)
 
-    def _replay(self, ident: bytes, reqid: bytes, service: bytes, msgid: bytes, body: bytes) -> None:
+    def _replay(self, ident: bytes, reqid: bytes, service: bytes, msgid: bytes,
+                *rest: bytes) -> None:
+        body = rest[-1]
+        try:
+            priority = F.priority_of(rest[0]) if len(rest) == 2 else 0
+        except F.FrameError as exc:
+            self.bad(ident, f"bad REPLAY: {exc}")
+            self.send(ident, [F.header(F.REPLAYED), reqid, b"0"])
+            return
         if len(body) > self.max_message_size:
             self.stats["oversized"] += 1
             self.bad(ident, f"replayed message of {len(body)} bytes is over the hub's maximum", msgid)
@@ -284,5 +323,5 @@ class HubState(Router):
             return
         self.recent.forget(service, msgid)
         self.stats["replayed"] += 1
-        self._route(service, (F.TASK, ident, msgid, body, 0))
+        self._route(service, (F.TASK, ident, msgid, body, 0, priority))
         self.send(ident, [F.header(F.REPLAYED), reqid, b"1"])

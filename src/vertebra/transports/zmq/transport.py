@@ -7,14 +7,17 @@ Guarantees
     hub rotates calls over the live replicas that have credit.
   * A call to a service with no live replica, or in flight to a replica that dies or
     closes, is answered UNREACHABLE at once by the hub (never left to the deadline).
-  * Casts and tasks are ready-based (credit = ``prefetch``) and at-least-once while the
-    hub runs: a replica that dies (heartbeats) or closes before acking has its work sent
-    to another replica.  A send counts once the hub holds it (QUEUED, a bounded wait);
+  * Casts and tasks are ready-based (credit = ``prefetch``), wait in the hub highest
+    ``priority`` first (FIFO within a priority), and are at-least-once while the hub
+    runs: a replica that dies (heartbeats) or closes before acking has its work sent to
+    another replica.  A send counts once the hub holds it (QUEUED, a bounded wait);
     a re-send of what the hub already took is confirmed, not queued twice.
   * While the hub is away (not yet reached, reconnecting, restarting) ``send`` raises
     ConnectionError at once, so the Bus and the outbox retry: nothing is queued inside
     libzmq to arrive twice later.  A bus that finds a restarted hub says HELLO again and
     re-announces its services; waits for the old hub fail with ConnectionError.
+  * A streamed call's ``item`` and ``beat`` answers come back through the hub like its
+    reply, in the order the node sent them; only the final reply or error settles it.
   * Dead letters live in the hub: a task its node buries (BURY) is kept with its error,
     listed by ``dead_letters`` and sent back by ``replay`` (both requests to the hub).
   * Events: publisher PUB -> hub XSUB/XPUB -> subscriber SUB; the ZeroMQ prefix filter
@@ -38,7 +41,7 @@ from typing import Any
 
 from ...wire.codec import Codec, codec_of, decode
 from ...wire.deadletter import DeadLetter
-from ...wire.envelope import Envelope
+from ...wire.envelope import ANSWERS, Envelope
 from ...wire.errors import ProtocolError, wire_error
 from ...wire.info import ServiceInfo
 from ..base import AnswerCallback, Capabilities, EventHandler, Handler, Transport
@@ -61,7 +64,8 @@ class ZmqTransport(Transport):
 
     scheme = "zmq"
     capabilities = Capabilities(durable_tasks=False, task_redelivery=True, fast_unreachable=True,
-                                multi_process=True, max_message_size=DEFAULT_MAX_MESSAGE_SIZE)
+                                multi_process=True, max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
+                                priorities=True)
 
     def __init__(self, url: str, codec: Codec) -> None:
         super().__init__(url, codec)
@@ -122,6 +126,8 @@ class ZmqTransport(Transport):
             return
         msgid = env.id.encode()
         frames = [head, env.service.encode(), msgid, body]
+        if env.priority:   # the hub orders its queue by this frame; absent means 0
+            frames.insert(3, _priority_frame(env.priority))
         if env.kind == "call":
             await self.link.send(frames)
             return
@@ -200,8 +206,10 @@ class ZmqTransport(Transport):
         for msgid, dead in await self._dead_pages(service):
             if wanted is not None and dead.id not in wanted:
                 continue
-            (done,) = await self.link.request(F.REPLAY, service.encode(), msgid,
-                                              self.codec.encode(dead.replay_envelope()))
+            again = dead.replay_envelope()
+            extra = [_priority_frame(again.priority)] if again.priority else []
+            (done,) = await self.link.request(F.REPLAY, service.encode(), msgid, *extra,
+                                              self.codec.encode(again))
             n += done == b"1"
         return n
 
@@ -228,7 +236,7 @@ class ZmqTransport(Transport):
             except ProtocolError as exc:
                 self._malformed("bad answer: %s", exc)
                 return
-            if env.kind in ("reply", "error") and self._on_answer is not None:
+            if env.kind in ANSWERS and self._on_answer is not None:
                 self._on_answer(env)
             else:
                 self._malformed("answer of kind %r", env.kind)
@@ -274,3 +282,10 @@ class ZmqTransport(Transport):
             await self.link.send([_H_NACK, tag, b"p"], wait=self.opts.confirm_timeout)
             return
         await served[1](ZmqIncoming(env, self.link, codec, tag))
+
+
+def _priority_frame(priority: int) -> bytes:
+    try:
+        return F.priority_frame(priority)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
