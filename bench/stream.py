@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
-import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 
 import vertebra
 from vertebra import Node, rpc
+
+from .servers import transport_urls
 
 SMALL = 100
 LARGE = 64 * 1024
@@ -122,25 +120,6 @@ async def bench_transport(node_url: str, client_url: str, runs: int, sizes: dict
     return [(size, name, statistics.median(s)) for (size, name), s in seconds.items()]
 
 
-@contextlib.contextmanager
-def server(name: str, amqp: str) -> Iterator[tuple[str, str]]:
-    """(node URL, client URL) for transport ``name``, its server up while in use."""
-    if name == "memory":
-        yield "memory://bench-stream", "memory://bench-stream"
-    elif name == "zmq":
-        with vertebra.Hub("tcp://127.0.0.1:0") as hub:
-            yield hub.url, hub.url
-    elif name == "amqp":
-        url = f"{amqp}?prefix=bench-{uuid.uuid4().hex[:6]}."
-        yield url, url
-    elif name == "xmpp":
-        from tests.servers import xmpp as xmpp_servers
-        with tempfile.TemporaryDirectory() as tmp, xmpp_servers.running(Path(tmp)) as srv:
-            yield srv.url("node", "bench-stream"), srv.url("client", "bench-stream")
-    else:
-        raise SystemExit(f"unknown transport {name!r}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -156,7 +135,7 @@ def main() -> None:
           f"median of {args.runs} runs")
     print(f"{'transport':<9} {'item':>6} {'case':<28} {'items/s':>10} {'MB/s':>8} {'vs plain':>9}")
     for name in args.transports.split(","):
-        with server(name, args.amqp) as (node_url, client_url):
+        with transport_urls(name, args.amqp, "bench-stream") as (node_url, client_url):
             rows = asyncio.run(bench_transport(node_url, client_url, args.runs, sizes,
                                                args.codec, args.window))
         base = {size: secs for size, case, secs in rows if case == "plain calls"}

@@ -18,15 +18,14 @@ import argparse
 import asyncio
 import contextlib
 import statistics
-import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import vertebra
 from vertebra import Node, rpc
 from vertebra.workflow import fan_out, step
+
+from .servers import transport_urls
 
 
 class Steps(Node):
@@ -105,27 +104,9 @@ def main() -> None:
     ap.add_argument("--transports", default="memory,zmq,amqp,xmpp")
     args = ap.parse_args()
     with contextlib.ExitStack() as servers:
-        urls = {name: servers.enter_context(_server(name, args.amqp)) for name in args.transports.split(",")}
+        urls = {name: servers.enter_context(transport_urls(name, args.amqp, "bench-workflow"))
+                for name in args.transports.split(",")}
         table(urls, args.runs)
-
-
-@contextlib.contextmanager
-def _server(name: str, amqp: str) -> Iterator[tuple[str, str]]:
-    """(node URL, client URL) for transport ``name``, its server up while in use."""
-    if name == "memory":
-        yield "memory://bench-workflow", "memory://bench-workflow"
-    elif name == "zmq":
-        with vertebra.Hub("tcp://127.0.0.1:0") as hub:
-            yield hub.url, hub.url
-    elif name == "amqp":
-        url = f"{amqp}?prefix=bench-{uuid.uuid4().hex[:6]}."
-        yield url, url
-    elif name == "xmpp":
-        from tests.servers import xmpp as xmpp_servers
-        with tempfile.TemporaryDirectory() as tmp, xmpp_servers.running(Path(tmp)) as server:
-            yield server.url("node", "bench-workflow"), server.url("client", "bench-workflow")
-    else:
-        raise SystemExit(f"unknown transport {name!r}")
 
 
 def table(urls: dict[str, tuple[str, str]], runs: int) -> None:
