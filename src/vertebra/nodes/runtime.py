@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..backoff import Backoff
 from ..dispatch.logfields import fields
-from ..dispatch.slip import SLIP_HEADER, Slip
+from ..dispatch.slip import SLIP_HEADER
 from ..dispatch.tracing import consumer_span
 from ..eager import start_eagerly
 from ..transports.base import Incoming
@@ -54,6 +54,7 @@ from .dedup import Dedup
 from .pool import ElasticPool
 from .retry import RetryPolicy
 from .schedule import Schedule, Scheduler
+from .slips import forward_slip, slip_failed
 from .stats import MethodStats
 from .streaming import ItemRefused, final, pump, window_of
 
@@ -323,7 +324,7 @@ class NodeRuntime:
             finally:
                 slots.release()
             if window is None and SLIP_HEADER in env.headers:
-                await self._forward(env, result)
+                forward_slip(self.bus, env, result, self.info.name)
             if is_call:
                 answer = env.answer(result)
                 if window is not None:
@@ -389,7 +390,7 @@ class NodeRuntime:
             if STREAM_HEADER not in env.headers:
                 self.dedup.remember(env, answer)
         elif SLIP_HEADER in env.headers:
-            self._slip_failed(env, {**error, "node": self.replica}, retry=False)
+            slip_failed(self.bus, env, {**error, "node": self.replica}, retry=False)
         await incoming.ack()
 
     async def _invoke(self, h: _Handler, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -459,36 +460,6 @@ class NodeRuntime:
                 if wake is not None and not wake.done():
                     wake.set_result(None)
 
-    async def _forward(self, env: Envelope, result: Any) -> None:
-        """Routing slip: hand the result to the next step, or announce the workflow's end."""
-        try:
-            slip = Slip.decode(env.headers[SLIP_HEADER])
-        except ProtocolError as exc:
-            log.error("%s: %s", self.info.name, exc, extra=fields(env))
-            return
-        self.bus.publish(slip.done, {"run": slip.run, "step": f"{env.service}.{env.method}",
-                                     "index": slip.index})
-        if slip.steps:
-            nxt = slip.steps[0]
-            headers = {k: v for k, v in env.headers.items() if k != SLIP_HEADER}
-            headers[SLIP_HEADER] = slip.rest().encode()
-            self.bus.cast(nxt.service, nxt.method, [result, *nxt.args], dict(nxt.kwargs), kind="task",
-                          headers=headers)
-        else:
-            self.bus.publish(slip.done, {"run": slip.run, "result": result})
-
-    def _slip_failed(self, env: Envelope, error: dict[str, Any], retry: bool = True) -> None:
-        try:
-            slip = Slip.decode(env.headers[SLIP_HEADER])
-        except ProtocolError:
-            return
-        if retry and slip.retries > 0:
-            self.bus.cast(env.service, env.method, env.args, env.kwargs, kind="task",
-                          headers={**env.headers, SLIP_HEADER: slip.retry().encode()})
-            return
-        self.bus.publish(slip.done, {"run": slip.run, "error": error, "step": f"{env.service}.{env.method}",
-                                     "index": slip.index})
-
     async def _failed(self, incoming: Incoming, h: _Handler, exc: Exception,
                       bad_arguments: bool = False, call: CallContext | None = None) -> None:
         env = incoming.envelope
@@ -503,7 +474,7 @@ class NodeRuntime:
             await incoming.ack()
             return
         if SLIP_HEADER in env.headers:
-            self._slip_failed(env, error)   # the routing slip has its own retries and report
+            slip_failed(self.bus, env, error)   # the routing slip has its own retries and report
             await incoming.ack()
             return
         log.error("%s.%s (%s %s, attempt %d) raised %s: %s", self.info.name, h.name, env.kind,
