@@ -21,9 +21,11 @@ async one's ``aclose()``) and lets the exception go to the runtime, which answer
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, Final
@@ -119,50 +121,133 @@ async def _pump_async(out: _Sender, call: CallContext, source: AsyncIterator[Any
 
 
 async def _pump_sync(out: _Sender, call: CallContext, source: Iterator[Any], pool: Executor) -> int:
-    ctx = contextvars.copy_context()     # one context for every step of the generator
+    ctx = contextvars.copy_context()     # one context for the whole generator
+    feed = _Feed(asyncio.get_running_loop())
+    feed.allow(call._credit + 1)         # the credit, and the one item taken ahead of it
+    job = pool.submit(ctx.run, _produce, source, feed)
     sent = 0
     try:
         while True:
-            step: Future[Any] = pool.submit(ctx.run, _next, source)
-            try:
-                value = await asyncio.wrap_future(step)
-            except asyncio.CancelledError:
-                await _settled(step)     # the thread may still be inside next(): let it finish
-                raise
-            if value is _END:
+            kind, value = await feed.get()
+            if kind is _END:
                 return sent
+            if kind is _RAISED:
+                raise value
             await _credit(call, sent)
+            feed.allow(call._credit + 1)
             await out.item(call, sent, value)
             sent += 1
     except BaseException:
+        feed.stop()
+        await _settled(job)              # the thread may still be inside next(): let it finish
         await _close_sync(source, pool, ctx, out.env.id)
         raise
 
 
-def _next(source: Iterator[Any]) -> Any:
-    return next(source, _END)
+_ITEM: Final = object()
+_RAISED: Final = object()
+
+
+class _Feed:
+    """Hands a sync generator's items from the pool thread that runs it to the loop, as
+    they come (one wake-up per burst, not one trip per item), and lets that thread take
+    only as many items as it is allowed (:meth:`allow`: the credit plus one)."""
+
+    __slots__ = ("_allowed", "_cond", "_items", "_loop", "_stopped", "_taken", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._cond = threading.Condition()
+        self._items: collections.deque[tuple[object, Any]] = collections.deque()
+        self._allowed = 0
+        self._taken = 0
+        self._stopped = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- the loop's side ------------------------------------------------------------------
+
+    def allow(self, upto: int) -> None:
+        """The thread may have taken ``upto`` items in all."""
+        with self._cond:
+            if upto > self._allowed:
+                self._allowed = upto
+                self._cond.notify()
+
+    def stop(self) -> None:
+        """The thread takes no more items."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    async def get(self) -> tuple[object, Any]:
+        """The next (kind, value): an item, the end, or what the generator raised."""
+        while True:
+            with self._cond:
+                if self._items:
+                    return self._items.popleft()
+                waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the thread's side ----------------------------------------------------------------
+
+    def take(self) -> bool:
+        """Wait until one more item may be taken; False once stopped."""
+        with self._cond:
+            while not self._stopped and self._taken >= self._allowed:
+                self._cond.wait()
+            if self._stopped:
+                return False
+            self._taken += 1
+            return True
+
+    def put(self, kind: object, value: Any) -> None:
+        """Hand over one item (or the end, or an exception)."""
+        with self._cond:
+            first = not self._items
+            self._items.append((kind, value))
+        if first:
+            try:
+                self._loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:          # the loop is closed: nobody waits any more
+                pass
+
+
+def _produce(source: Iterator[Any], feed: _Feed) -> None:
+    """Run the generator in a pool thread, as far as the feed allows."""
+    try:
+        while feed.take():
+            value = next(source, _END)
+            if value is _END:
+                feed.put(_END, None)
+                return
+            feed.put(_ITEM, value)
+    except BaseException as exc:          # handed to the loop, raised there
+        feed.put(_RAISED, exc)
 
 
 async def _finish(fut: asyncio.Future[Any]) -> Any:
-    """Wait for ``fut`` (a generator's close) to the end even if the task is cancelled
-    meanwhile (a second stop, a deferred one): a close cut short would leave the
-    generator's ``finally`` unrun.  The cancellation is raised once it has finished."""
-    interrupted = False
+    """Wait for ``fut`` (a generator's step or close) to the end even if the task is
+    cancelled meanwhile (a second stop, a deferred one): a close cut short would leave the
+    generator's ``finally`` unrun.  Used only while an exception that ends the stream is
+    on its way, which is raised afterwards: a cancellation meanwhile adds nothing to it."""
     while not fut.done():
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait([fut])
-        except asyncio.CancelledError:
-            interrupted = True
-    if interrupted:
-        raise asyncio.CancelledError
     return fut.result()
 
 
 async def _settled(step: Future[Any]) -> None:
-    """Wait until a pool step that was given up has finished (it may be running)."""
-    if not step.done():
-        with contextlib.suppress(Exception):
-            await asyncio.wrap_future(step)
+    """Wait until a pool job that was given up has finished (it may be inside next())."""
+    with contextlib.suppress(Exception):
+        await _finish(asyncio.wrap_future(step))
 
 
 async def _close_sync(source: Iterator[Any], pool: Executor, ctx: contextvars.Context,
