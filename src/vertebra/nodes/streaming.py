@@ -5,8 +5,9 @@ A call with the ``stream`` header (its value: the caller's window W) is answered
 (``result`` and ``seq``: how many items) or ``error`` (``seq``: how many items before it;
 :func:`final`).  :func:`pump` sends the items of what the handler
 returned: an async iterator (an async generator) is driven on the loop; any other iterator
-(a generator) has each ``next()`` run in the node's thread pool; anything else is the one
-item 0.  It never sends ``seq >= `` the credit (W at first, then each credit control
+(a generator) runs in one thread of the node's pool, which hands its items to the loop as
+they come and takes no more than the credit plus one (:class:`_Feed`); anything else is
+the one item 0.  It never sends ``seq >= `` the credit (W at first, then each credit control
 message's ``upto``): it takes the next item, then waits for credit to send it (so a
 stream of exactly as many items as the credit ends without waiting for more); whenever nothing was sent for
 :data:`~vertebra.wire.control.STREAM_BEAT` seconds it sends a ``beat`` (``seq``: items sent
