@@ -89,6 +89,17 @@ class Gen(Node):
         yield "second"
 
     @rpc
+    def slow_plain(self) -> str:
+        """A plain handler that takes its time before its one result."""
+        self.gate.wait(30)
+        return "done"
+
+    @rpc
+    async def aslow_plain(self) -> str:
+        await self.agate.wait()
+        return "done"
+
+    @rpc
     def whoami(self) -> Iterator[str]:
         for _ in range(2):
             ctx = current()
@@ -151,6 +162,19 @@ async def test_a_slow_generator_gets_beats_between_items(method):
         node.agate.set()
         await eventually(lambda: inc.settled)
         assert inc.items == ["first", "second"] and inc.final is not None and inc.final.result == 2
+
+
+@pytest.mark.parametrize("method", ["slow_plain", "aslow_plain"])
+async def test_a_stream_beats_while_its_handler_is_still_running(method):
+    node = Gen()
+    async with runtime(node) as rt:
+        inc = await deliver(rt, message("gen", method, window=8))
+        await eventually(lambda: len(inc.beats) >= 1, what="a beat before the handler returned")
+        assert inc.items == [] and inc.beats[0].seq == 0 and inc.final is None
+        node.gate.set()
+        node.agate.set()
+        await eventually(lambda: inc.settled)
+        assert inc.items == ["done"] and inc.final is not None and inc.final.result == 1
 
 
 @pytest.mark.parametrize("method", ["boom", "aboom"])

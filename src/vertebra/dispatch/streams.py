@@ -10,7 +10,9 @@ and cancels go to the node as control events (:mod:`vertebra.wire.control`).
 Items are yielded in ``seq`` order whatever order they arrive in.  The stream ends with
 the final answer; it fails with the node's error (RemoteError, after the items the node
 sent), with CallTimeout at the call's deadline, and with Unreachable after
-:data:`~vertebra.wire.control.STREAM_SILENCE` seconds of hearing nothing.  A stream given
+:data:`~vertebra.wire.control.STREAM_SILENCE` seconds of hearing nothing from a node that
+was heard from before (a streaming node beats from the start; one that does not stream
+answers once, within the deadline, like any call).  A stream given
 up early (``break``, ``close()``, garbage collection, its deadline) cancels the generator
 on the node.
 """
@@ -32,8 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncStream", "SyncStream"]
 
-_END = object()
-
 
 class AsyncStream:
     """An async iterator over the items of one streamed call; see the module docstring."""
@@ -50,7 +50,7 @@ class AsyncStream:
         self._count: int | None = None  # how many items the node sent, once it said
         self._error: VertebraError | None = None
         self._wake: asyncio.Event | None = None
-        self._heard = 0.0
+        self._heard: float | None = None   # when the node was last heard from (None: not yet)
         self._started = False
         self._final = False             # the node's final reply or error has come
         self._done = False              # nothing more to wait for or to cancel
@@ -99,7 +99,6 @@ class AsyncStream:
     async def _start(self) -> None:
         self._started = True
         self._wake = asyncio.Event()
-        self._heard = time.monotonic()
         self._bus._pending.add_stream(self._env.id, self)
         try:
             await self._bus._send_call(self._env)
@@ -144,14 +143,14 @@ class AsyncStream:
             self.abandon()
             raise CallTimeout(f"{self._env.service}.{self._env.method}: stream not finished "
                               "within its timeout")
-        silent = time.monotonic() - self._heard
-        if silent >= STREAM_SILENCE:
-            self.abandon()
-            raise Unreachable(f"{self._env.service}.{self._env.method}: the node of this stream "
-                              f"went silent for {silent:.1f}s")
-        bound = STREAM_SILENCE - silent
-        if deadline is not None:
-            bound = min(bound, deadline - now)
+        bound = 3600.0 if deadline is None else deadline - now
+        if self._heard is not None:      # a node that streams beats: its silence means it died
+            silent = time.monotonic() - self._heard
+            if silent >= STREAM_SILENCE:
+                self.abandon()
+                raise Unreachable(f"{self._env.service}.{self._env.method}: the node of this "
+                                  f"stream went silent for {silent:.1f}s")
+            bound = min(bound, STREAM_SILENCE - silent)
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), max(0.0, bound) + 0.01)

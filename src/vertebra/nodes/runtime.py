@@ -418,19 +418,24 @@ class NodeRuntime:
 
     async def _stream(self, incoming: Incoming, h: _Handler, call: CallContext,
                       args: tuple[Any, ...], kwargs: dict[str, Any], window: int) -> int:
-        """A streamed call: run the handler, then pump what it returned; items sent."""
+        """A streamed call: run the handler, then pump what it returned; items sent.  The
+        stream beats from the start, while the handler itself runs too."""
         call._credit = max(call._credit, window)      # a credit may have come already
-        if h.on_loop or h.is_gen:
-            source = await self._invoke(h, args, kwargs, call, collect=False)
-        else:
-            call._armed = False           # a plain sync handler in the pool: not cancellable
-            try:
+
+        async def run_handler() -> Any:
+            if h.on_loop or h.is_gen:
                 source = await self._invoke(h, args, kwargs, call, collect=False)
-            finally:
-                call._armed = True
-        if call._why is not None:
-            raise Interrupted
-        return await pump(incoming, call, source, self.pool)
+            else:
+                call._armed = False       # a plain sync handler in the pool: not cancellable
+                try:
+                    source = await self._invoke(h, args, kwargs, call, collect=False)
+                finally:
+                    call._armed = True
+            if call._why is not None:
+                raise Interrupted
+            return source
+
+        return await pump(incoming, call, run_handler, self.pool)
 
     # -- control messages -------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import contextlib
 import contextvars
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, Final
 
@@ -71,14 +71,18 @@ def final(answer: Envelope, call: CallContext) -> Envelope:
     return answer
 
 
-async def pump(incoming: Incoming, call: CallContext, source: Any, pool: Executor) -> int:
-    """Send the items of ``source`` as ``item`` answers to ``incoming``; how many were sent.
+async def pump(incoming: Incoming, call: CallContext, handler: Callable[[], Awaitable[Any]],
+               pool: Executor) -> int:
+    """Run ``handler`` (the handler's invocation) and send the items of what it returns as
+    ``item`` answers to ``incoming``; how many were sent.  Beats go out from the start, so
+    a handler that takes a while before it returns is not taken for a dead node.
 
     The caller arms ``call`` around it (a stop cancels the waits); the sends themselves
     are never cancelled by a stop, which is looked at after each of them instead.
     """
     out = _Sender(incoming, asyncio.get_running_loop())
     try:
+        source = await handler()
         if isinstance(source, AsyncIterator):
             return await _pump_async(out, call, source)
         if isinstance(source, Iterator):

@@ -20,8 +20,8 @@ STREAM_BEAT: Final = 1.0
 """Seconds a node with a stream open lets pass without sending anything before a ``beat``."""
 
 STREAM_SILENCE: Final = 5.0
-"""Seconds of hearing nothing of an open stream after which its consumer gives up
-(Unreachable): the node died or its route is gone."""
+"""Seconds of hearing nothing more of an open stream whose node was heard from (an item or
+a beat) after which its consumer gives up (Unreachable): the node died or its route is gone."""
 
 
 def control_topic(service: str) -> str:
