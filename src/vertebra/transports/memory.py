@@ -35,11 +35,12 @@ from urllib.parse import parse_qs, urlsplit
 from ..eager import start_eagerly
 from ..wire.codec import Codec, decode
 from ..wire.deadletter import DeadLetter
-from ..wire.envelope import ANSWERS, MAX_PRIORITY, Envelope
+from ..wire.envelope import ANSWERS, Envelope
 from ..wire.errors import ProtocolError, wire_error
 from ..wire.info import ServiceInfo
 from ..wire.topics import matches
 from .base import AnswerCallback, Capabilities, EventHandler, Handler, Incoming, Transport
+from .workqueue import WorkQueue
 
 __all__ = ["MemoryBroker", "MemoryTransport", "broker"]
 
@@ -55,33 +56,12 @@ class _Message:
     priority: int = 0
 
 
-class _Queue:
-    """A service's waiting messages: highest priority first, FIFO within a priority."""
+def _priority_of(msg: _Message) -> int:
+    return msg.priority
 
-    __slots__ = ("_levels", "_size")
 
-    def __init__(self) -> None:
-        self._levels: list[collections.deque[_Message]] = [
-            collections.deque() for _ in range(MAX_PRIORITY + 1)]
-        self._size = 0
-
-    def append(self, msg: _Message) -> None:
-        self._levels[msg.priority].append(msg)
-        self._size += 1
-
-    def appendleft(self, msg: _Message) -> None:
-        self._levels[msg.priority].appendleft(msg)
-        self._size += 1
-
-    def popleft(self) -> _Message:
-        for level in reversed(self._levels):
-            if level:
-                self._size -= 1
-                return level.popleft()
-        raise IndexError("pop from an empty queue")
-
-    def __len__(self) -> int:
-        return self._size
+def _new_queue() -> WorkQueue[_Message]:
+    return WorkQueue(_priority_of)
 
 
 @dataclass(slots=True)
@@ -101,7 +81,7 @@ class MemoryBroker:
     def __init__(self, name: str) -> None:
         self.name = name
         self._lock = threading.RLock()
-        self._queues: dict[str, _Queue] = collections.defaultdict(_Queue)
+        self._queues: dict[str, WorkQueue[_Message]] = collections.defaultdict(_new_queue)
         self._consumers: dict[str, list[_Consumer]] = collections.defaultdict(list)
         self._subs: list[tuple[str, MemoryTransport, EventHandler]] = []
         self._buses: dict[str, MemoryTransport] = {}

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from vertebra.transports.workqueue import WorkQueue
 from vertebra.transports.zmq import frames as F
 from vertebra.transports.zmq.state import HubState
-from vertebra.transports.zmq.workqueue import WorkQueue
 
 A, N1, N2 = b"client", b"node-1", b"node-2"
 

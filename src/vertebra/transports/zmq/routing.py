@@ -5,7 +5,7 @@ with its caller and message id) by the rules of docs/protocol/zmq.md §2: work i
 ready-based — SERVE with ``prefetch=n`` gives a peer ``n`` credits for that service, a
 delivery spends one, settling gives it back; work that finds no credit waits in the
 service's queue (``max_queue``; highest priority first, FIFO within a priority:
-:class:`~.workqueue.WorkQueue`); calls rotate over the replicas that have credit.
+:class:`~vertebra.transports.workqueue.WorkQueue`); calls rotate over the replicas that have credit.
 Everything it answers goes out through ``send(ident, frames) -> bool`` (False: the peer
 cannot be reached).  :class:`~.state.HubState` builds the protocol on top of it.
 """
@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..workqueue import WorkQueue
 from . import frames as F
-from .workqueue import WorkQueue
 
 __all__ = ["Item", "Peer", "Router", "Send", "Service"]
 

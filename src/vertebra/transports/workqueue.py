@@ -1,8 +1,10 @@
-"""A service's queue of waiting work in the hub: highest priority first, FIFO within one.
+"""A service's queue of waiting work: highest priority first, FIFO within one.
 
-Each queued item carries its priority (0..9, :data:`~vertebra.wire.envelope.MAX_PRIORITY`)
-as its last tuple element, read by the hub from the CAST/TASK priority frame (never from
-the envelope).  :meth:`WorkQueue.append` puts an item behind the others of its priority;
+The one queue of the transports that keep waiting work (the zmq hub, memory://).  Each
+item's priority (0..9, :data:`~vertebra.wire.envelope.MAX_PRIORITY`) is read by the
+``priority_of`` the queue was made with: by default the item's last tuple element (the hub
+reads it from the CAST/TASK priority frame, never from the envelope).
+:meth:`WorkQueue.append` puts an item behind the others of its priority;
 :meth:`WorkQueue.appendleft` puts one given back (NACK ``1``, a dead replica's work) in
 front of them, ahead of everything else of that priority but still behind any higher
 priority.  One deque per priority; taking the next item looks at most at ten of them.
@@ -14,27 +16,33 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from ...wire.envelope import MAX_PRIORITY
+from ..wire.envelope import MAX_PRIORITY
 
 __all__ = ["WorkQueue"]
 
 _LEVELS = MAX_PRIORITY + 1
-T = TypeVar("T", bound=tuple[Any, ...])
+T = TypeVar("T")
+
+
+def _last(item: Any) -> int:
+    return int(item[-1])
 
 
 class WorkQueue(Generic[T]):
-    """Queued work items (tuples whose last element is their priority), best first."""
+    """Queued work items, best first; ``priority_of(item)`` is an item's priority (0..9;
+    by default its last element)."""
 
-    __slots__ = ("_lanes", "_len", "_top")
+    __slots__ = ("_lanes", "_len", "_priority_of", "_top")
 
-    def __init__(self) -> None:
+    def __init__(self, priority_of: Callable[[T], int] = _last) -> None:
         self._lanes: list[deque[T]] = [deque() for _ in range(_LEVELS)]
         self._len = 0
         self._top = 0   # no lane above this one holds anything
+        self._priority_of = priority_of
 
     def append(self, item: T) -> None:
         """Queue ``item`` behind every item of its priority."""
-        p = item[-1]
+        p = self._priority_of(item)
         self._lanes[p].append(item)
         self._len += 1
         if p > self._top:
@@ -42,7 +50,7 @@ class WorkQueue(Generic[T]):
 
     def appendleft(self, item: T) -> None:
         """Queue ``item`` in front of every item of its priority (work given back)."""
-        p = item[-1]
+        p = self._priority_of(item)
         self._lanes[p].appendleft(item)
         self._len += 1
         if p > self._top:
