@@ -142,7 +142,7 @@ async def test_a_restarted_hub_gets_the_services_back(open_client):
         counts: collections.Counter = collections.Counter()
         node = await open_client(url)
         await node.t.serve(ServiceInfo("calc"), echo_handler(counts, "n"))
-        client = await open_client(url)
+        client = await open_client(url + "&direct=0")   # through the hub: is it back there?
         assert (await client.call("calc", "m", 1)).result == ["n", 1]
         hub.stop()
         hub = Hub(f"tcp://127.0.0.1:{port}", heartbeat=0.2).start()

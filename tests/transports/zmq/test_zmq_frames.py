@@ -15,7 +15,7 @@ frame_lists = st.lists(st.binary(max_size=40), max_size=8)
 @settings(max_examples=1000, deadline=None)
 @given(frame_lists)
 def test_parse_raises_only_frame_error(frames):
-    for table in (F.CLIENT_COMMANDS, F.HUB_COMMANDS):
+    for table in (F.CLIENT_COMMANDS, F.HUB_COMMANDS, F.DIRECT_CALLS, F.DIRECT_ANSWERS):
         try:
             cmd, args = F.parse(frames, table)
         except F.FrameError:
@@ -23,7 +23,7 @@ def test_parse_raises_only_frame_error(frames):
         assert cmd in table
         assert len(args) == len(frames) - 1
         group = F.GROUPS.get(cmd) if table is F.HUB_COMMANDS else None
-        extra = F.OPTIONAL.get(cmd, 0) if table is F.CLIENT_COMMANDS else 0
+        extra = F.OPTIONAL.get(cmd, 0) if table in (F.CLIENT_COMMANDS, F.DIRECT_CALLS) else 0
         if group is None:
             assert table[cmd] <= len(args) <= table[cmd] + extra
         else:

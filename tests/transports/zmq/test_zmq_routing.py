@@ -26,12 +26,12 @@ def echo_handler(counts: collections.Counter, name: str, delay: float = 0.0):
     return handle
 
 
-async def test_calls_rotate_over_replicas(open_client):
+async def test_calls_rotate_over_replicas(open_client, hub):
     counts: collections.Counter = collections.Counter()
     for name in ("r1", "r2", "r3"):
         node = await open_client()
         await node.t.serve(ServiceInfo("calc"), echo_handler(counts, name))
-    client = await open_client()
+    client = await open_client(hub.url + "?heartbeat=0.2&direct=0")   # the hub's rotation
     for i in range(30):
         answer = await client.call("calc", "m", i)
         assert answer.kind == "reply"

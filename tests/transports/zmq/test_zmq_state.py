@@ -393,3 +393,50 @@ def test_an_item_for_a_cast_or_over_the_limit_is_malformed():
     assert sim.state.stats["malformed"] == 2
     assert sim.got(A, F.ANSWER) == [[b"reply"]]
     assert cast_tag in sim.state.peers[N1].inflight      # still the node's to settle
+
+
+def _routes(sim: Sim, service: bytes = b"svc") -> dict[str, Any]:
+    sim.cmd(A, F.ROUTES, b"r", service)
+    reqid, body = sim.got(A, F.REPLICAS)[-1]
+    assert reqid == b"r"
+    return json.loads(body)
+
+
+def test_routes_list_the_live_replicas_direct_endpoints_in_rotation_order():
+    sim = Sim(heartbeat=1.0, liveness=3)
+    sim.hello(A)
+    assert _routes(sim) == {"replicas": 0, "direct": []}
+    for ident, port in ((N1, 1), (N2, 2)):
+        sim.hello(ident)
+        info = {"direct": {"endpoint": f"tcp://127.0.0.1:{port}", "key": f"k{port}"}}
+        sim.cmd(ident, F.SERVE, b"svc", b"8", json.dumps(info).encode())
+    assert _routes(sim) == {"replicas": 2, "direct": [
+        {"endpoint": "tcp://127.0.0.1:1", "key": "k1", "prefetch": 8},
+        {"endpoint": "tcp://127.0.0.1:2", "key": "k2", "prefetch": 8}]}
+    sim.cmd(A, F.DISCOVER, b"d")                   # discovery does not show endpoints
+    (listed,) = json.loads(sim.got(A, F.SERVICES)[-1][1])
+    assert "direct" not in listed and listed["replicas"] == 2
+    sim.cmd(N1, F.UNSERVE, b"svc")                 # a replica that leaves is not listed
+    assert [d["endpoint"] for d in _routes(sim)["direct"]] == ["tcp://127.0.0.1:2"]
+    sim.cmd(A, F.HEARTBEAT)
+    sim.tick(5.0)                                  # nor one that missed its heartbeats
+    assert _routes(sim) == {"replicas": 0, "direct": []}
+
+
+def test_routes_count_a_replica_without_an_endpoint():
+    sim = Sim()
+    sim.serve(N1)                                  # announced no endpoint
+    sim.hello(N2)
+    sim.cmd(N2, F.SERVE, b"svc", b"1", b'{"direct": {"endpoint": "tcp://127.0.0.1:9"}}')
+    sim.hello(A)
+    assert _routes(sim) == {"replicas": 2, "direct": [
+        {"endpoint": "tcp://127.0.0.1:9", "key": "", "prefetch": 1}]}
+
+
+def test_welcome_tells_the_allow_list_when_there_is_one():
+    sim = Sim()
+    sim.hello(A)
+    assert "allow" not in json.loads(sim.got(A, F.WELCOME)[-1][0])
+    sim.state.allow = ["k" * 40]
+    sim.hello(A)
+    assert json.loads(sim.got(A, F.WELCOME)[-1][0])["allow"] == ["k" * 40]

@@ -296,7 +296,7 @@ class HubLink:
         elif cmd == F.UNREACHABLE and self.confirms.reject(
                 args[0], ConnectionError(args[1].decode(errors="replace"))):
             self.stats["unreachable"] += 1   # a cast or task the hub could not take: resent
-        elif cmd in (F.SERVICES, F.DEAD_LETTERS, F.REPLAYED):
+        elif cmd in (F.SERVICES, F.DEAD_LETTERS, F.REPLAYED, F.REPLICAS):
             self.requests.resolve(args[0], args[1:])
         elif cmd == F.WELCOME:
             await self._on_welcome(args[0])

@@ -21,10 +21,11 @@ from ...wire.envelope import MAX_PRIORITY
 
 __all__ = [
     "ACK", "ANSWER", "BURY", "BYE", "CALL", "CAST", "CLIENT_COMMANDS", "DEAD", "DEAD_LETTERS",
-    "DELIVER_KINDS", "DISCOVER", "EVENT_CONTROL", "FrameError", "GROUPS", "HEARTBEAT", "HELLO",
-    "HUB_COMMANDS", "ITEM", "KIND_CODES", "NACK", "OPTIONAL", "PROTOCOL", "PUBOK", "QUEUED",
-    "REPLAY", "REPLAYED", "REPLY", "RESET", "SERVE", "SERVICES", "SYNC", "TASK", "UNREACHABLE",
-    "UNSERVE", "VERSION", "WELCOME", "header", "parse", "priority_frame", "priority_of",
+    "DELIVER_KINDS", "DIRECT_ANSWERS", "DIRECT_CALLS", "DISCOVER", "EVENT_CONTROL", "FrameError",
+    "GROUPS", "HEARTBEAT", "HELLO", "HUB_COMMANDS", "ITEM", "KIND_CODES", "NACK", "OPTIONAL",
+    "PROTOCOL", "PUBOK", "QUEUED", "REDIRECT", "REPLAY", "REPLAYED", "REPLICAS", "REPLY", "RESET",
+    "ROUTES", "SERVE", "SERVICES", "SYNC", "TASK", "UNREACHABLE", "UNSERVE", "VERSION", "WELCOME",
+    "header", "parse", "priority_frame", "priority_of",
 ]
 
 VERSION: Final = 1
@@ -47,6 +48,7 @@ BURY: Final = 0x0E
 DEAD: Final = 0x0F
 REPLAY: Final = 0x10
 ITEM: Final = 0x11
+ROUTES: Final = 0x12
 
 # hub -> client / node (HEARTBEAT, CALL, CAST and TASK are reused in this direction)
 WELCOME: Final = 0x21
@@ -59,6 +61,8 @@ PUBOK: Final = 0x29
 QUEUED: Final = 0x2A
 DEAD_LETTERS: Final = 0x2B
 REPLAYED: Final = 0x2C
+REPLICAS: Final = 0x2D
+REDIRECT: Final = 0x2E   # node -> caller, on the direct path only
 
 EVENT_CONTROL: Final = b"\x00"
 """Event topic frames that start with this byte are hub control traffic, never events."""
@@ -85,6 +89,7 @@ CLIENT_COMMANDS: Final[dict[int, int]] = {
     DEAD: 3,         # request id, service, cursor (ascii digits)
     REPLAY: 4,       # request id, service, message id of the dead letter, [priority,] envelope
     ITEM: 2,         # delivery tag, envelope (an item or beat of a streamed call: settles nothing)
+    ROUTES: 2,       # request id, service
 }
 
 OPTIONAL: Final[dict[int, int]] = {CALL: 1, CAST: 1, TASK: 1, REPLAY: 1}
@@ -107,6 +112,16 @@ HUB_COMMANDS: Final[dict[int, int]] = {
     QUEUED: 1,       # message id of a cast or task the hub now holds (or has delivered)
     DEAD_LETTERS: 2,  # request id, json page header; then GROUPS[DEAD_LETTERS] frames per letter
     REPLAYED: 2,     # request id, b"1" queued again / b"0" no such dead letter
+    REPLICAS: 2,     # request id, json list of the service's direct endpoints
+}
+
+# the direct path (docs/protocol/zmq.md §2b): caller DEALER -> a node's own ROUTER
+DIRECT_CALLS: Final[dict[int, int]] = {
+    CALL: 3,         # service, message id, [priority,] envelope: as to the hub
+}
+DIRECT_ANSWERS: Final[dict[int, int]] = {
+    ANSWER: 1,       # envelope (reply, error, item, beat)
+    REDIRECT: 1,     # message id: not served here (any more): send the call through the hub
 }
 
 GROUPS: Final[dict[int, int]] = {DEAD_LETTERS: 3}
@@ -114,7 +129,7 @@ GROUPS: Final[dict[int, int]] = {DEAD_LETTERS: 3}
 (DEAD_LETTERS: message id, json error object, envelope, per dead letter)."""
 
 _HEADERS: Final[dict[int, bytes]] = {c: bytes((VERSION, c)) for c in
-                                     set(CLIENT_COMMANDS) | set(HUB_COMMANDS)}
+                                     set(CLIENT_COMMANDS) | set(HUB_COMMANDS) | {REDIRECT}}
 
 
 class FrameError(ValueError):
@@ -127,7 +142,8 @@ def header(command: int) -> bytes:
 
 
 def parse(frames: list[bytes], table: dict[int, int]) -> tuple[int, list[bytes]]:
-    """Check ``frames`` against ``table`` (CLIENT_COMMANDS or HUB_COMMANDS).
+    """Check ``frames`` against ``table`` (CLIENT_COMMANDS, HUB_COMMANDS, DIRECT_CALLS or
+    DIRECT_ANSWERS).
 
     Returns the command and the frames after the header.  Raises :class:`FrameError` for
     a missing or wrong-sized header, an unsupported version, an unknown command or a
@@ -145,7 +161,7 @@ def parse(frames: list[bytes], table: dict[int, int]) -> tuple[int, list[bytes]]
     if want is None:
         raise FrameError(f"unknown command 0x{command:02x}")
     got = len(frames) - 1
-    hub_side = table is HUB_COMMANDS
+    hub_side = table is HUB_COMMANDS or table is DIRECT_ANSWERS
     group = GROUPS.get(command) if hub_side else None
     extra = 0 if hub_side else OPTIONAL.get(command, 0)
     if group is not None:

@@ -50,6 +50,7 @@ class _AllowList:
 
     def __init__(self, keys: Iterable[str]) -> None:
         self.keys = {load_public_key(k) if os.path.exists(k) else decode_key(k) for k in keys}
+        self.z85 = sorted(k.decode("ascii") for k in self.keys)   # the keys are Z85 already
 
     def callback(self, domain: str, key: bytes) -> bool:
         return key in self.keys
@@ -104,11 +105,14 @@ class Hub:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
 
     def _new_state(self) -> HubState:
-        return HubState(self._send, heartbeat=self.heartbeat, liveness=self.liveness,
-                        max_message_size=self.max_message_size, max_queue=self.max_queue,
-                        max_redeliveries=self.max_redeliveries,
-                        max_dead_letters=self.max_dead_letters, dedup_window=self.dedup_window,
-                        grace=self.grace, now=time.monotonic())
+        state = HubState(self._send, heartbeat=self.heartbeat, liveness=self.liveness,
+                         max_message_size=self.max_message_size, max_queue=self.max_queue,
+                         max_redeliveries=self.max_redeliveries,
+                         max_dead_letters=self.max_dead_letters, dedup_window=self.dedup_window,
+                         grace=self.grace, now=time.monotonic())
+        if self._allow is not None:
+            state.allow = self._allow.z85
+        return state
 
     @property
     def stats(self) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """The client side's zmq:// URL options (docs/transports/zmq.md).
 
 ``zmq://host:port?heartbeat=1.0&liveness=3&connect_timeout=5&confirm_timeout=S
-&max_message_size=N&server_key=K&public_key=K&secret_key=K&key_file=PATH&server_key_file=PATH``
+&max_message_size=N&server_key=K&public_key=K&secret_key=K&key_file=PATH&server_key_file=PATH
+&direct=1&direct_bind=tcp://HOST:PORT&direct_host=HOST``
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ class ZmqOptions:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     curve: tuple[bytes, bytes, bytes] | None = None
     """(hub public key, our public key, our secret key) when CURVE is on."""
+    direct: bool = True
+    """Calls go straight to a replica's own endpoint (docs/transports/zmq.md, "Direct
+    calls"), and a node serving here opens one; ``direct=0`` sends every call through the hub
+    and opens none."""
+    direct_bind: str = ""
+    """Where a node's direct endpoint binds (``tcp://host:port``; port ``*`` or ``0``: any
+    free one).  Default: the address this host reaches the hub from, any free port."""
+    direct_host: str = ""
+    """The host a node announces for its direct endpoint, when callers reach it by another
+    name than the one it binds (a NAT, a container).  Default: the bound address."""
 
     @classmethod
     def parse(cls, url: str) -> ZmqOptions:
@@ -65,7 +76,8 @@ class ZmqOptions:
                    liveness=liveness, connect_timeout=float(q.get("connect_timeout", 5.0)),
                    confirm_timeout=float(q.get("confirm_timeout", heartbeat * liveness)),
                    max_message_size=int(q.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)),
-                   curve=curve)
+                   curve=curve, direct=q.get("direct", "1").lower() not in ("0", "false", "no", "off"),
+                   direct_bind=q.get("direct_bind", ""), direct_host=q.get("direct_host", ""))
 
     def event_endpoint(self, ep: str) -> str:
         """An event endpoint told in WELCOME, with the hub's host as this bus reaches it."""

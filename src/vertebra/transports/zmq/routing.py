@@ -191,8 +191,25 @@ class Router:
             if not svc.workers:
                 continue
             info = dict(next(iter(svc.info.values()), {}))
+            info.pop("direct", None)        # per replica: ROUTES tells it (_replicas)
             info["name"] = svc.name.decode()
             info["replicas"] = len(svc.workers)
             info["transport"] = "zmq"
             out.append(info)
         return json.dumps(out).encode()
+
+    def _replicas(self, name: bytes) -> bytes:
+        """The live replicas of ``name`` for direct calls: ``{"replicas": n, "direct":
+        [{"endpoint", "key", "prefetch"}, ...]}``, the replicas that announced a direct
+        endpoint in SERVE, in rotation order (a caller goes direct only when all of them did)."""
+        svc = self.services.get(name)
+        workers = svc.workers if svc is not None else []
+        direct = []
+        for ident in workers:
+            assert svc is not None
+            ep = svc.info.get(ident, {}).get("direct")
+            peer = self.peers.get(ident)
+            if isinstance(ep, dict) and isinstance(ep.get("endpoint"), str) and peer is not None:
+                direct.append({"endpoint": ep["endpoint"], "key": str(ep.get("key") or ""),
+                               "prefetch": peer.serving.get(name, 1)})
+        return json.dumps({"replicas": len(workers), "direct": direct}).encode()

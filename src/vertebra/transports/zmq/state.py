@@ -61,6 +61,9 @@ class HubState(Router):
         self.stats.update({"events": 0, "expired_peers": 0, "duplicates": 0, "buried": 0,
                            "dead_letters_dropped": 0, "worker_lost": 0, "replayed": 0})
         self.endpoints: dict[str, str] = {}
+        self.allow: list[str] | None = None
+        """The CURVE client keys (Z85) of the hub's allow-list, told in WELCOME so that a
+        node's direct endpoint admits the same callers as the hub (None: no allow-list)."""
         self._grace_over = False
 
     def bad(self, ident: bytes, reason: str, msgid: bytes = b"") -> None:
@@ -118,6 +121,8 @@ class HubState(Router):
             self._unserve(peer, args[0])
         elif cmd == F.DISCOVER:
             self.send(ident, [F.header(F.SERVICES), args[0], self._directory()])
+        elif cmd == F.ROUTES:
+            self.send(ident, [F.header(F.REPLICAS), args[0], self._replicas(args[1])])
         elif cmd == F.DEAD:
             self._list_dead(ident, *args)
         elif cmd == F.REPLAY:
@@ -152,6 +157,8 @@ class HubState(Router):
         peer.interval, peer.liveness, peer.last_seen, peer.last_sent = interval, liveness, self.now, self.now
         welcome = {"v": F.VERSION, "id": self.id, **self.endpoints, "heartbeat": interval,
                    "liveness": liveness, "max_message_size": self.max_message_size}
+        if self.allow is not None:
+            welcome["allow"] = self.allow
         self.send(ident, [F.header(F.WELCOME), json.dumps(welcome).encode()])
 
     def take(self, ident: bytes, cmd: int, args: list[bytes]) -> None:

@@ -3,10 +3,14 @@
 Capability sheet
 ----------------
 Guarantees
-  * Calls go client DEALER -> hub ROUTER -> node DEALER and back, one hop each way; the
-    hub rotates calls over the live replicas that have credit.
+  * Calls go straight from the caller to a replica's own endpoint (:mod:`.direct_calls`,
+    :mod:`.endpoint`), to the replica with the fewest of the caller's calls in flight,
+    never past its prefetch; the hub tells the replicas (ROUTES) and stays the fallback:
+    client DEALER -> hub ROUTER -> node DEALER and back, where the hub rotates calls over
+    the live replicas that have credit (``direct=0`` sends every call that way).
   * A call to a service with no live replica, or in flight to a replica that dies or
-    closes, is answered UNREACHABLE at once by the hub (never left to the deadline).
+    closes, is answered UNREACHABLE at once (by the hub, or on the direct path by the
+    caller, which sees the replica's connection drop), never left to the deadline.
   * Casts and tasks are ready-based (credit = ``prefetch``), wait in the hub highest
     ``priority`` first (FIFO within a priority), and are at-least-once while the hub
     runs: a replica that dies (heartbeats) or closes before acking has its work sent to
@@ -47,6 +51,8 @@ from ...wire.info import ServiceInfo
 from ..base import AnswerCallback, Capabilities, EventHandler, Handler, Transport
 from . import frames as F
 from .connection import HubLink
+from .direct_calls import DirectCalls
+from .endpoint import DirectEndpoint, DirectIncoming
 from .events import EventLink
 from .incoming import ZmqIncoming
 from .options import DEFAULT_MAX_MESSAGE_SIZE, ZmqOptions
@@ -73,10 +79,12 @@ class ZmqTransport(Transport):
         self.endpoint = self.opts.endpoint
         self.max_message_size = self.opts.max_message_size
         self.stats.update({"oversized": 0, "unreachable": 0, "events_filtered": 0,
-                           "confirm_timeouts": 0, "hub_restarts": 0})
+                           "confirm_timeouts": 0, "hub_restarts": 0, "hub_calls": 0})
         self.link = HubLink(self.opts, self.stats, self._on_hub_message, self._on_rewelcome)
         self.events = EventLink(self.link, self._malformed, self.stats)
         self._on_answer: AnswerCallback | None = None
+        self.direct = DirectCalls(self.link, self.stats, self._answer) if self.opts.direct else None
+        self._endpoint: DirectEndpoint | None = None
         self._served: dict[bytes, tuple[ServiceInfo, Handler, int]] = {}
         self._connected = False
         self._closed = False
@@ -90,7 +98,13 @@ class ZmqTransport(Transport):
         self._on_answer = on_answer
         welcome = await self.link.open()
         self.events.open(welcome)
+        if self.direct is not None:
+            self.direct.start()
         self._connected = True
+
+    def _answer(self, env: Envelope) -> None:
+        if self._on_answer is not None:
+            self._on_answer(env)
 
     async def close(self) -> None:
         """Say BYE (the hub requeues our unacked work) and close the sockets."""
@@ -98,6 +112,10 @@ class ZmqTransport(Transport):
             return
         self._closed = True
         self._connected = False
+        if self._endpoint is not None:
+            await self._endpoint.close()
+        if self.direct is not None:
+            await self.direct.close()
         await self.events.close()
         await self.link.close()
         self.link.term()
@@ -129,6 +147,10 @@ class ZmqTransport(Transport):
         if env.priority:   # the hub orders its queue by this frame; absent means 0
             frames.insert(3, _priority_frame(env.priority))
         if env.kind == "call":
+            if self.direct is not None and await self.direct.send(env.service, msgid, frames,
+                                                                  env.deadline):
+                return
+            self.stats["hub_calls"] += 1
             await self.link.send(frames)
             return
         # A cast or task is sent once the hub holds it (QUEUED), like a publisher confirm:
@@ -140,6 +162,11 @@ class ZmqTransport(Transport):
     async def serve(self, info: ServiceInfo, handler: Handler, prefetch: int = 16) -> None:
         """Announce ``info`` to the hub and take up to ``prefetch`` deliveries at a time."""
         self._check()
+        if self.opts.direct and self._endpoint is None:
+            assert self.link.ctx is not None
+            endpoint = DirectEndpoint(self.link.ctx, self.opts, self.stats, self._deliver_direct)
+            await endpoint.open(self.link.welcome.get("allow"))
+            self._endpoint = endpoint
         name = info.name.encode()
         self._served[name] = (info, handler, max(1, prefetch))
         await self.link.send(self._serve_frames(name))
@@ -147,7 +174,10 @@ class ZmqTransport(Transport):
 
     def _serve_frames(self, name: bytes) -> list[bytes]:
         info, _, prefetch = self._served[name]
-        return [F.header(F.SERVE), name, str(prefetch).encode(), json.dumps(info.to_dict()).encode()]
+        announced = info.to_dict()
+        if self._endpoint is not None:
+            announced["direct"] = self._endpoint.announce
+        return [F.header(F.SERVE), name, str(prefetch).encode(), json.dumps(announced).encode()]
 
     async def unserve(self, service: str) -> None:
         """Leave routing for ``service``; deliveries still arriving are handed back."""
@@ -221,6 +251,8 @@ class ZmqTransport(Transport):
     async def _on_rewelcome(self, welcome: dict[str, Any], restarted: bool) -> None:
         # the hub lost sight of us, or it is a new hub: announce our services again
         self.events.rewire(welcome, restarted)
+        if self._endpoint is not None:
+            self._endpoint.allow(welcome.get("allow"))
         for name in list(self._served):
             try:
                 await self.link.send(self._serve_frames(name))
@@ -282,6 +314,34 @@ class ZmqTransport(Transport):
             await self.link.send([_H_NACK, tag, b"p"], wait=self.opts.confirm_timeout)
             return
         await served[1](ZmqIncoming(env, self.link, codec, tag))
+
+
+    async def _deliver_direct(self, caller: bytes, service: bytes, msgid: bytes, body: bytes) -> None:
+        """A CALL that came to our own endpoint (:mod:`.endpoint`)."""
+        endpoint = self._endpoint
+        assert endpoint is not None
+        served = self._served.get(service)
+        if served is None:            # not (any more) ours: the caller goes through the hub
+            await endpoint.redirect(caller, msgid)
+            return
+        codec = codec_of(body)
+        try:
+            if len(body) > self.max_message_size:
+                raise ProtocolError(f"message of {len(body)} bytes is over the maximum of "
+                                    f"{self.max_message_size}")
+            env = decode(body)
+            if env.kind != "call":
+                raise ProtocolError(f"a {env.kind!r} envelope sent as a call")
+        except ProtocolError as exc:
+            self._malformed("bad direct call: %s", exc)
+            # PROTOCOL.md §5: answered with an error of code "protocol", re = the CALL's
+            # message-id frame (as the hub does for a call its node could not decode)
+            answer = Envelope("error", re=msgid.decode("utf-8", "replace"),
+                              error=wire_error("protocol", "ProtocolError", str(exc)))
+            await endpoint.send(caller, [F.header(F.ANSWER), codec.encode(answer)])
+            return
+        self.stats["direct_served"] += 1
+        await served[1](DirectIncoming(env, endpoint, codec, caller, msgid))
 
 
 def _priority_frame(priority: int) -> bytes:
