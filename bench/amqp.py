@@ -1,21 +1,29 @@
-"""vertebra on AMQP against raw py-amqp, pika and Nameko, side by side in one run.
+"""vertebra on AMQP against raw py-amqp, pika, kombu and Nameko, side by side in one run.
 
-    python bench/amqp.py [--url amqp://guest:guest@127.0.0.1:5672/%2F] [--n 2000] [--no-nameko]
+    python bench/amqp.py [--url amqp://guest:guest@127.0.0.1:5672/%2F] [--n 2000]
+                         [--no-nameko] [--no-kombu]
 
 Every echo carries a 100-byte string.  Servers run in their own processes (this script
 re-invoked with --serve-*), clients in this one.  Measured:
 
 * raw py-amqp RPC over direct reply-to, 1 and 100 in flight (server: raw py-amqp, manual ack)
-* raw py-amqp publish: unconfirmed, and with confirms and a window of 100 unconfirmed
+* raw py-amqp publish: unconfirmed, and with confirms and a window of 100 unconfirmed,
+  and with confirms one at a time (window 1: what kombu's ``confirm_publish`` does)
 * the two ways py-amqp can meet asyncio, 1 in flight: the socket registered with the loop
   (what vertebra does) vs one I/O thread handing frames over with call_soon_threadsafe
 * pika BlockingConnection RPC (against the raw server)
+* kombu (a separate venv under /tmp): RPC-style echo against the raw server, a Producer
+  publishing with reply_to direct reply-to and a Consumer on it, one in flight; Producer
+  publishing unconfirmed, and with ``confirm_publish`` (each publish waits for its ack)
 * Nameko's ClusterRpcProxy against a Nameko service (a separate venv under /tmp)
 * vertebra: sync calls (p50/p99), pipelined calls (100 in flight), confirmed task
   publishing (send window 100); each with its ratio to the raw counterpart.
 
 Nameko needs ``python -m venv /tmp/nameko-venv && /tmp/nameko-venv/bin/pip install nameko``
-(done by this script when missing; say --no-nameko to skip it).
+and kombu ``python -m venv /tmp/kombu-venv && /tmp/kombu-venv/bin/pip install kombu`` (both
+done by this script when missing; say --no-nameko / --no-kombu to skip them).  Every row
+that has a raw counterpart shows its rate over it; the vertebra sync row also shows its
+rate over kombu's and Nameko's.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import amqp  # noqa: E402
 PAYLOAD = "x" * 100
 HERE = Path(__file__).resolve().parent
 NAMEKO_VENV = Path("/tmp/nameko-venv")
+KOMBU_VENV = Path("/tmp/kombu-venv")
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -303,6 +312,94 @@ def pika_rpc(url: str, queue: str, n: int) -> Row:
     return Row("pika BlockingConnection RPC", n / el, pct(lat, .5), pct(lat, .99))
 
 
+# -- kombu -------------------------------------------------------------------------------
+
+KOMBU_CLIENT = '''
+import json, sys, time, uuid
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+url, queue, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+body = "x" * 100
+out = {}
+
+def pct(lat, q):
+    lat = sorted(lat)
+    return lat[min(len(lat) - 1, int(q * len(lat)))]
+
+# RPC-style echo against the raw server: direct reply-to, one in flight
+with Connection(url) as conn:
+    ch = conn.channel()
+    got = []
+    reply = Queue("amq.rabbitmq.reply-to", no_ack=True, no_declare=True)
+    consumer = Consumer(ch, [reply], no_ack=True, on_message=got.append)
+    consumer.consume()
+    producer = Producer(ch, exchange=Exchange(""), routing_key=queue)
+
+    def call(i):
+        producer.publish(body, routing_key=queue, reply_to="amq.rabbitmq.reply-to",
+                         correlation_id=str(i), retry=False)
+        while not got:
+            conn.drain_events(timeout=10)
+        got.clear()
+
+    for i in range(200):
+        call(i)
+    lat = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        t = time.perf_counter(); call(i); lat.append(time.perf_counter() - t)
+    el = time.perf_counter() - t0
+    out["rpc"] = {"rate": n / el, "p50": pct(lat, .5), "p99": pct(lat, .99)}
+
+# publishing persistent 100-byte tasks to a durable queue: unconfirmed, then confirmed
+for key, opts, m in (("pub", {}, n * 10), ("pubc", {"confirm_publish": True}, n * 2)):
+    q = Queue("bench.kombu.%s" % uuid.uuid4().hex[:8], durable=True, auto_delete=False)
+    with Connection(url, transport_options=opts) as conn:
+        ch = conn.channel()
+        q(ch).declare()
+        producer = Producer(ch, exchange=Exchange(""), routing_key=q.name)
+        t0 = time.perf_counter()
+        for _ in range(m):
+            producer.publish(body, routing_key=q.name, delivery_mode=2, retry=False)
+        el = time.perf_counter() - t0
+        q(conn.channel()).delete()
+    out[key] = {"rate": m / el}
+print(json.dumps(out))
+'''
+
+
+def venv_python(venv: Path, package: str) -> tuple[Path, str]:
+    """``venv``'s python, with ``package`` installed there when missing; ("", why) on failure."""
+    py = venv / "bin" / "python"
+    if not py.exists():
+        r = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
+        if r.returncode:
+            return py, f"cannot make {venv}: {r.stderr[-200:]}"
+    if subprocess.run([str(py), "-c", f"import {package}"], capture_output=True).returncode:
+        r = subprocess.run([str(py), "-m", "pip", "install", "-q", package], capture_output=True,
+                           text=True)
+        if r.returncode:
+            return py, f"cannot install {package}: {r.stderr[-200:]}"
+    return py, ""
+
+
+def kombu_rows(url: str, queue: str, n: int) -> dict[str, Row]:
+    names = {"krpc": "kombu RPC (direct reply-to), 1 in flight",
+             "kpub": "kombu publish, no confirms",
+             "kpubc": "kombu publish, confirm_publish (window 1)"}
+    py, why = venv_python(KOMBU_VENV, "kombu")
+    if not why:
+        host, port = hostport(url)
+        r = subprocess.run([str(py), "-c", KOMBU_CLIENT, f"amqp://guest:guest@{host}:{port}//",
+                            queue, str(n)], capture_output=True, text=True, timeout=600)
+        why = f"client failed: {r.stderr[-300:]}" if r.returncode else ""
+    if why:
+        return {k: Row(v, 0.0, note=why) for k, v in names.items()}
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"krpc": Row(names["krpc"], d["rpc"]["rate"], d["rpc"]["p50"], d["rpc"]["p99"]),
+            "kpub": Row(names["kpub"], d["pub"]["rate"]),
+            "kpubc": Row(names["kpubc"], d["pubc"]["rate"])}
+
+
 # -- Nameko ------------------------------------------------------------------------------
 
 NAMEKO_SERVICE = '''
@@ -428,7 +525,7 @@ def cleanup(url: str, prefix: str) -> None:
             ch.queue_delete(f"{prefix}vertebra.{q}")
         except Exception:
             pass
-    for e in ("events", "discovery", "dlx"):
+    for e in ("events", "discovery", "dlx", "delay"):
         ch = c.channel()
         try:
             ch.exchange_delete(f"{prefix}vertebra.{e}")
@@ -448,6 +545,7 @@ def main() -> None:
     ap.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     ap.add_argument("--n", type=int, default=2000, help="round trips per RPC figure")
     ap.add_argument("--no-nameko", action="store_true")
+    ap.add_argument("--no-kombu", action="store_true")
     ap.add_argument("--serve-raw")
     ap.add_argument("--serve-vertebra")
     a = ap.parse_args()
@@ -472,9 +570,12 @@ def main() -> None:
         rows["raw100"] = raw_rpc(a.url, queue, n * 5, 100)
         rows["pub"] = raw_publish(a.url, n * 10, None)
         rows["pubc"] = raw_publish(a.url, n * 10, 100)
+        rows["pubc1"] = raw_publish(a.url, n * 2, 1)
         rows["loop"] = asyncio.run(loop_reader_rpc(a.url, queue, n))
         rows["thread"] = asyncio.run(io_thread_rpc(a.url, queue, n))
         rows["pika"] = pika_rpc(a.url, queue, n)
+        if not a.no_kombu:
+            rows.update(kombu_rows(a.url, queue, n))
         rows["vsync"] = vertebra_sync(vurl, n)
         rows["vpipe"] = asyncio.run(vertebra_pipelined(vurl, n * 5, 100))
         rows["vtask"] = asyncio.run(vertebra_tasks(vurl, n * 10, 100))
@@ -490,7 +591,11 @@ def main() -> None:
                                          "vpipe": ("raw100", "raw 100 in flight"),
                                          "vtask": ("pubc", "raw confirms w100"),
                                          "thread": ("loop", "socket on loop"),
-                                         "pika": ("raw1", "raw 1 in flight")}
+                                         "pika": ("raw1", "raw 1 in flight"),
+                                         "krpc": ("raw1", "raw 1 in flight"),
+                                         "kpub": ("pub", "raw no confirms"),
+                                         "kpubc": ("pubc1", "raw confirms w1"),
+                                         "nameko": ("raw1", "raw 1 in flight")}
     print(f"\nAMQP bench, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, 100-byte echo, "
           f"n={n} (noisy on a shared machine: compare ratios within one run)\n")
     print(f"{'what':44} {'per s':>9} {'p50 µs':>8} {'p99 µs':>8}  ratio")
@@ -498,8 +603,10 @@ def main() -> None:
         rel = ""
         if key in ratio and rows.get(ratio[key][0]) and rows[ratio[key][0]].rate:
             rel = f"{r.rate / rows[ratio[key][0]].rate:.2f}× {ratio[key][1]}"
-        if key == "nameko" and r.rate:
-            rel = f"vertebra sync = {rows['vsync'].rate / r.rate:.1f}× Nameko"
+        if key == "vsync":
+            rel += "".join(f"; {r.rate / rows[k].rate:.2f}× {label}"
+                           for k, label in (("krpc", "kombu"), ("nameko", "Nameko"))
+                           if k in rows and rows[k].rate)
         print(f"{r.name:44} {r.rate:9,.0f} {fmt_us(r.p50):>8} {fmt_us(r.p99):>8}  {rel} {r.note}")
 
 

@@ -1,6 +1,7 @@
-"""vertebra over zmq:// against raw pyzmq, zerorpc and Pyro5, side by side in one run.
+"""vertebra over zmq:// against raw pyzmq, zerorpc, Pyro5 and RPyC, side by side in one run.
 
     python bench/zmq.py [--seconds 2] [--tasks 20000] [--peers /tmp/peerbench/bin/python]
+                        [--no-peers]
 
 Every server runs in its own process (the hub too); the client runs here.  All calls echo
 a 100-byte string.  Rows:
@@ -12,16 +13,23 @@ a 100-byte string.  Rows:
   vertebra async call     await bus.proxy("echo").echo(x)                        (vs REQ/REP)
   vertebra pipelined      100 calls in flight on one async bus                   (vs DEALER/ROUTER)
   vertebra tasks          casts of a @task, counted by the node                  (vs PUSH/PULL)
-  zerorpc / Pyro5 call    their sync client on the same echo                     (vs REQ/REP)
+  zerorpc / Pyro5 / RPyC  their sync client on the same echo, one in flight     (vs REQ/REP)
 
-zerorpc (gevent) and Pyro5 run from ``--peers``, a Python with them installed (a venv,
-so gevent stays out of this one); a row says why when they are missing.
+The ratio column is each row's rate over its raw pyzmq counterpart (raw rows: 1.00); the
+vertebra sync row also gives its rate over Pyro5's and RPyC's.  zerorpc (gevent), Pyro5
+and RPyC run from ``--peers``, a Python with them installed, both for their server (its
+own process) and for their client (a second process).  When the default
+/tmp/peerbench/bin/python is missing (or lacks one of them) the script makes that venv
+with ``python -m venv`` and ``pip install zerorpc Pyro5 rpyc``, so gevent stays out of
+this venv; ``--no-peers`` skips those rows.  The RPyC client binds ``conn.root.echo``
+once, so each call is one round trip (as a Pyro5 proxy's is).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import socket
 import statistics
@@ -39,6 +47,9 @@ import zmq  # noqa: E402
 PAYLOAD = "x" * 100
 BPAYLOAD = PAYLOAD.encode()
 HERE = Path(__file__).resolve()
+PEERS_DEFAULT = "/tmp/peerbench/bin/python"
+PEER_PACKAGES = {"zerorpc": "zerorpc", "Pyro5": "Pyro5", "rpyc": "rpyc"}   # module: package
+PEER_ROWS = {"zerorpc": "zerorpc sync call", "pyro": "Pyro5 sync call", "rpyc": "RPyC sync call"}
 
 
 def free_port() -> int:
@@ -63,9 +74,11 @@ def pct(samples: list[float], q: float) -> float:
 
 
 class Row:
+    """One line of the table; ``base`` names the raw row it is divided by, ``also`` others."""
+
     def __init__(self, name: str, rate: float, lat: list[float] | None = None, base: str = "",
-                 note: str = "") -> None:
-        self.name, self.rate, self.base, self.note = name, rate, base, note
+                 note: str = "", also: tuple[str, ...] = ()) -> None:
+        self.name, self.rate, self.base, self.note, self.also = name, rate, base, note, also
         self.p50 = pct(lat, 0.5) * 1e6 if lat else None
         self.p99 = pct(lat, 0.99) * 1e6 if lat else None
 
@@ -184,6 +197,31 @@ def srv_pyro(port: str) -> None:
     daemon.requestLoop()
 
 
+def srv_rpyc(port: str) -> None:
+    import logging
+    import threading
+
+    import rpyc
+    from rpyc.utils.server import ThreadedServer
+
+    class EchoService(rpyc.Service):  # type: ignore[misc]
+        def exposed_echo(self, value: str) -> str:
+            return value
+
+    quiet = logging.getLogger("rpyc-bench")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    server = ThreadedServer(EchoService, hostname="127.0.0.1", port=int(port), logger=quiet)
+
+    def announce() -> None:   # the listener listens only once start() runs
+        while not server.active:
+            time.sleep(0.01)
+        print("ready", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    server.start()
+
+
 def cli_peer(kind: str, port: str, seconds: str) -> None:
     """Runs under --peers: measure a peer framework's sync calls, print rate p50 p99."""
     if kind == "zerorpc":
@@ -191,6 +229,11 @@ def cli_peer(kind: str, port: str, seconds: str) -> None:
         c = zerorpc.Client()
         c.connect(f"tcp://127.0.0.1:{port}")
         step = lambda: c.echo(PAYLOAD)  # noqa: E731
+    elif kind == "rpyc":
+        import rpyc
+        conn = rpyc.connect("127.0.0.1", int(port))
+        echo = conn.root.echo          # bound once: each call below is one round trip
+        step = lambda: echo(PAYLOAD)  # noqa: E731
     else:
         import Pyro5.api
         p = Pyro5.api.Proxy(f"PYRO:echo@127.0.0.1:{port}")
@@ -282,7 +325,8 @@ def vertebra_sync(url: str, seconds: float) -> Row:
         echo = bus.proxy("echo", timeout=10)
         echo.echo(PAYLOAD)
         rate, lat = timed_loop(lambda: echo.echo(PAYLOAD), seconds)
-    return Row("vertebra sync call", rate, lat, base="raw REQ/REP")
+    return Row("vertebra sync call", rate, lat, base="raw REQ/REP",
+               also=(PEER_ROWS["pyro"], PEER_ROWS["rpyc"]))
 
 
 async def vertebra_async(url: str, seconds: float, tasks: int) -> list[Row]:
@@ -326,33 +370,73 @@ async def vertebra_async(url: str, seconds: float, tasks: int) -> list[Row]:
     return rows
 
 
+def ensure_peers(python: str) -> str:
+    """Make ``python`` able to import zerorpc, Pyro5 and RPyC; return "" or why it cannot.
+
+    Only a venv path (``<dir>/bin/python``) is created or completed; any other Python is
+    used as it is.
+    """
+    check = "import importlib.util, sys; sys.exit(any(importlib.util.find_spec(m) is None " \
+            f"for m in {sorted(PEER_PACKAGES)!r}))"
+    if Path(python).exists() and subprocess.run([python, "-c", check]).returncode == 0:
+        return ""
+    venv = Path(python).parent.parent
+    if Path(python).parent.name != "bin":
+        return f"{python} lacks {', '.join(PEER_PACKAGES)}"
+    print(f"(making peer venv {venv}: pip install {' '.join(PEER_PACKAGES.values())})",
+          file=sys.stderr, flush=True)
+    if not Path(python).exists():
+        r = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
+        if r.returncode:
+            return f"venv failed: {r.stderr.strip()[-80:]}"
+    r = subprocess.run([python, "-m", "pip", "install", "-q", *PEER_PACKAGES.values()],
+                       capture_output=True, text=True)
+    if r.returncode:
+        return f"pip failed: {r.stderr.strip().splitlines()[-1][-80:] if r.stderr else r.returncode}"
+    return ""
+
+
 def peer(kind: str, python: str, seconds: float) -> Row:
+    name = PEER_ROWS[kind]
     port = free_port()
     try:
         p = spawn(f"srv_{kind}", str(port), python=python)
     except (RuntimeError, OSError) as exc:
-        return Row(f"{kind} sync call", float("nan"), note=f"could not start: {exc}"[:60])
+        return Row(name, float("nan"), note=f"could not start: {exc}"[:60])
     try:
         out = subprocess.run([python, str(HERE), "cli_peer", kind, str(port), str(seconds)],
                              capture_output=True, text=True, timeout=seconds + 60)
         rate, p50, p99 = (float(x) for x in out.stdout.split())
-        row = Row(f"{kind} sync call", rate, base="raw REQ/REP")
+        row = Row(name, rate, base="raw REQ/REP")
         row.p50, row.p99 = p50 * 1e6, p99 * 1e6
         return row
     except (ValueError, subprocess.TimeoutExpired) as exc:
-        return Row(f"{kind} sync call", float("nan"), note=f"failed: {exc}"[:60])
+        return Row(name, float("nan"), note=f"failed: {exc}"[:60])
     finally:
         p.kill()
 
 
 def table(rows: list[Row]) -> str:
+    """The rows as printed: rate, p50/p99, ratio to the raw counterpart (and to ``also``)."""
     by = {r.name: r.rate for r in rows}
     out = [f"{'':38} {'ops/s':>10} {'p50 µs':>8} {'p99 µs':>8} {'ratio':>7}  vs"]
     for r in rows:
-        ratio = f"{r.rate / by[r.base]:.2f}" if r.base in by else ""
+        if r.name.startswith("raw "):
+            ratio, vs = "1.00", "(raw baseline)"
+        else:
+            ok = math.isfinite(by.get(r.base, math.nan)) and by[r.base] > 0
+            x = r.rate / by[r.base] if ok and math.isfinite(r.rate) else math.nan
+            ratio = "" if math.isnan(x) else f"{x:.2f}" if x >= 0.01 else f"{x:.4f}"
+            vs = r.base if r.base else ""
+            more = [f"{r.rate / by[o]:.2f}× {o.split()[0]}" for o in r.also
+                    if math.isfinite(by.get(o, math.nan)) and by[o] > 0]
+            if more:
+                vs += "; " + ", ".join(more)
+            if r.note:
+                vs = f"{vs} {r.note}".strip()
         p50 = f"{r.p50:.0f}" if r.p50 is not None else ""
         p99 = f"{r.p99:.0f}" if r.p99 is not None else ""
-        out.append(f"{r.name:38} {r.rate:>10.0f} {p50:>8} {p99:>8} {ratio:>7}  {r.base or r.note}")
+        out.append(f"{r.name:38} {r.rate:>10.0f} {p50:>8} {p99:>8} {ratio:>7}  {vs}")
     return "\n".join(out)
 
 
@@ -360,7 +444,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--tasks", type=int, default=20000)
-    ap.add_argument("--peers", default=os.environ.get("VERTEBRA_BENCH_PEERS", "/tmp/peerbench/bin/python"))
+    ap.add_argument("--peers", default=os.environ.get("VERTEBRA_BENCH_PEERS", PEERS_DEFAULT),
+                    help="a Python with zerorpc, Pyro5 and rpyc (a <venv>/bin/python is made "
+                         "when missing)")
+    ap.add_argument("--no-peers", action="store_true", help="skip the zerorpc/Pyro5/RPyC rows")
     a = ap.parse_args()
     rows = [raw_reqrep(a.seconds), raw_dealer(a.seconds), raw_pushpull(100_000)]
     port = free_port()
@@ -373,11 +460,12 @@ def main() -> None:
     finally:
         node.kill()
         hub.kill()
-    for kind in ("zerorpc", "pyro"):
-        if Path(a.peers).exists():
-            rows.append(peer(kind, a.peers, a.seconds))
+    why = "skipped (--no-peers)" if a.no_peers else ensure_peers(a.peers)
+    for kind in PEER_ROWS:
+        if why:
+            rows.append(Row(PEER_ROWS[kind], float("nan"), note=why))
         else:
-            rows.append(Row(f"{kind} sync call", float("nan"), note=f"no {a.peers} (see --peers)"))
+            rows.append(peer(kind, a.peers, a.seconds))
     print(table(rows))
 
 
