@@ -12,6 +12,7 @@ functions cost a check and do nothing (no no-op spans on the hot path).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,25 +24,47 @@ except ImportError:  # exercised by the extras-free CI run
 
 from ..wire.envelope import Envelope
 
-__all__ = ["consumer_span", "producer_span"]
+__all__ = ["consumer_span", "producer_span", "tracing"]
 
 _KINDS = {"call": "CLIENT", "cast": "PRODUCER", "task": "PRODUCER", "event": "PRODUCER"}
 
+_OFF: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+_UNKNOWN = object()
 
 _enabled = False
+_from_env = trace is not None and "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+"""A provider named in the environment is loaded by opentelemetry on first use: ask it."""
+_noop: object = _UNKNOWN
+"""The provider set that was found to be a no-op one (not asked again while it stays)."""
 
 
-def _tracing() -> bool:
-    """Whether a real tracer provider is configured.  OpenTelemetry lets a provider be set
-    only once, so a yes is kept; a no is asked again (cheaply) on the next message."""
-    global _enabled
+def tracing() -> bool:
+    """Whether a real tracer provider is configured (then messages get spans).
+
+    OpenTelemetry lets a provider be set only once, so a yes is kept.  A no costs an
+    attribute test while no provider is set at all (opentelemetry's own global, read
+    directly: ``get_tracer_provider()`` reads ``os.environ`` on every call), and the full
+    check only once a provider appears."""
     if _enabled:
         return True
     if trace is None:
         return False
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if (provider is None and not _from_env) or provider is _noop:
+        return False
+    return _check(provider)
+
+
+def _check(provider: object) -> bool:
+    global _enabled, _noop
     _enabled = not isinstance(trace.get_tracer_provider(),
                               (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    if not _enabled and provider is not None and provider is not _UNKNOWN:
+        _noop = provider                  # a no-op provider was set: it stays set
     return _enabled
+
+
+_tracing = tracing    # the name this module's callers used first
 
 
 def _name(env: Envelope) -> str:
@@ -58,12 +81,16 @@ def _attributes(env: Envelope, transport: str) -> dict[str, Any]:
     return attrs
 
 
+def producer_span(env: Envelope, transport: str) -> contextlib.AbstractContextManager[None]:
+    """A span for sending ``env``; its context is injected into ``env.headers`` (a
+    shared do-nothing context manager when tracing is off)."""
+    if not tracing():
+        return _OFF
+    return _producer_span(env, transport)
+
+
 @contextlib.contextmanager
-def producer_span(env: Envelope, transport: str) -> Iterator[None]:
-    """A span for sending ``env``; its context is injected into ``env.headers``."""
-    if not _tracing():
-        yield
-        return
+def _producer_span(env: Envelope, transport: str) -> Iterator[None]:
     tracer = trace.get_tracer("vertebra")
     kind = getattr(SpanKind, _KINDS.get(env.kind, "PRODUCER"))
     with tracer.start_as_current_span(f"{_name(env)} {env.kind}", kind=kind,
@@ -76,12 +103,16 @@ def producer_span(env: Envelope, transport: str) -> Iterator[None]:
             raise
 
 
+def consumer_span(env: Envelope, transport: str) -> contextlib.AbstractContextManager[None]:
+    """A span around handling ``env``, a child of the context its headers carry (a
+    shared do-nothing context manager when tracing is off)."""
+    if not tracing():
+        return _OFF
+    return _consumer_span(env, transport)
+
+
 @contextlib.contextmanager
-def consumer_span(env: Envelope, transport: str) -> Iterator[None]:
-    """A span around handling ``env``, a child of the context its headers carry."""
-    if not _tracing():
-        yield
-        return
+def _consumer_span(env: Envelope, transport: str) -> Iterator[None]:
     tracer = trace.get_tracer("vertebra")
     kind = SpanKind.SERVER if env.kind == "call" else SpanKind.CONSUMER
     parent = propagate.extract(env.headers)
