@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import threading
 from typing import Any, Final, Protocol
 
 import msgpack
@@ -26,6 +27,9 @@ __all__ = ["CODECS", "MAX_DEPTH", "Codec", "JsonCodec", "MsgpackCodec", "codec_o
            "get_codec", "plain"]
 
 MAX_DEPTH: Final = 64
+
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+"""Exact types that are wire data as they are (checked first: most values are one)."""
 
 
 class Codec(Protocol):
@@ -45,7 +49,7 @@ def plain(value: Any, json_tags: bool = False, depth: int = 0) -> Any:
     """``value`` as plain wire data: dataclasses and pydantic models become maps, tuples
     lists; with ``json_tags``, bytes become ``{"$bytes": ...}`` and single-``$``-key maps are
     wrapped.  Raises ProtocolError for anything else, or for nesting past MAX_DEPTH."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if type(value) in _SCALARS or isinstance(value, (bool, int, float, str)):
         return value
     if depth >= MAX_DEPTH:
         raise ProtocolError(f"value nested deeper than {MAX_DEPTH} levels")
@@ -56,12 +60,12 @@ def plain(value: Any, json_tags: bool = False, depth: int = 0) -> Any:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ProtocolError(f"map keys must be strings, not {type(k).__name__}")
-            out[k] = plain(v, json_tags, depth + 1)
+            out[k] = v if type(v) in _SCALARS else plain(v, json_tags, depth + 1)
         if json_tags and len(out) == 1 and next(iter(out)).startswith("$"):
             return {"$map": out}
         return out
     if isinstance(value, (list, tuple)):
-        return [plain(v, json_tags, depth + 1) for v in value]
+        return [v if type(v) in _SCALARS else plain(v, json_tags, depth + 1) for v in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return plain({f.name: getattr(value, f.name) for f in dataclasses.fields(value)},
                      json_tags, depth)
@@ -125,18 +129,36 @@ def _checked(obj: Any) -> Envelope:
 
 
 def _wire_with(env: Envelope, json_tags: bool) -> dict[str, Any]:
+    """to_wire, with the user's values (args, kwargs, payload, result) made plain."""
     d = to_wire(env)
-    for key in ("args", "kwargs", "payload", "result"):
-        if key in d:
-            d[key] = plain(d[key], json_tags, 1)
+    if env.args:
+        d["args"] = plain(env.args, json_tags, 1)
+    if env.kwargs:
+        d["kwargs"] = plain(env.kwargs, json_tags, 1)
+    kind = env.kind
+    if kind == "event":
+        value = env.payload
+        d["payload"] = value if type(value) in _SCALARS else plain(value, json_tags, 1)
+    elif kind == "reply" or kind == "item":
+        value = env.result
+        d["result"] = value if type(value) in _SCALARS else plain(value, json_tags, 1)
     return d
 
 
 _decoder = json.JSONDecoder()
+_scan = _decoder.scan_once  # type: ignore[attr-defined]
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# The C encoder the one above makes anew for every message, made once.  No circular check:
+# what plain() returns is a fresh tree, depth-bounded (a cycle elsewhere, in a header or an
+# error map, ends in RecursionError, which encode turns into a ProtocolError too).
+_c_make = getattr(json.encoder, "c_make_encoder", None)
+_c_encode = None if _c_make is None else _c_make(
+    None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
 
 
 def _dumps(obj: Any) -> bytes:
+    if _c_encode is not None:
+        return "".join(_c_encode(obj, 0)).encode()
     return _encoder.encode(obj).encode()
 
 
@@ -150,7 +172,7 @@ class JsonCodec:
         """Serialise ``env`` as compact UTF-8 JSON."""
         try:
             return _dumps(_wire_with(env, True))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ProtocolError(str(exc)) from None
 
     def decode(self, data: bytes) -> Envelope:
@@ -159,14 +181,18 @@ class JsonCodec:
             text = data.decode("utf-8")
             if text[:1].isspace():
                 text = text.lstrip()
-            obj, end = _decoder.raw_decode(text)
+            try:
+                obj, end = _scan(text, 0)
+            except StopIteration as err:     # what JSONDecoder.raw_decode says, without its frame
+                raise json.JSONDecodeError("Expecting value", text, err.value) from None
             if end != len(text) and text[end:].strip():
                 raise ValueError(f"extra data after the envelope at {end}")
         except (ValueError, RecursionError) as exc:
             raise ProtocolError(f"not a JSON envelope: {exc}"[:300]) from None
         # Only a message holding '{"$' can carry tags (inside a JSON string the quote is
         # escaped), and only one with more than MAX_DEPTH brackets can nest too deep.
-        if isinstance(obj, dict) and (b'{"$' in data or data.count(b"[") + data.count(b"{") > MAX_DEPTH):
+        if isinstance(obj, dict) and ((b"$" in data and b'{"$' in data)
+                                      or len(data) - len(data.translate(None, b"[{")) > MAX_DEPTH):
             for key in ("args", "kwargs", "payload", "result"):
                 if isinstance(obj.get(key), (dict, list)):
                     try:
@@ -175,6 +201,23 @@ class JsonCodec:
                         _attach_id(exc, obj)
                         raise
         return _checked(obj)
+
+
+_CONTAINER_BYTES: Final = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"
+"""Every msgpack map or array starts with one of these bytes (fixmap, fixarray, array
+16/32, map 16/32): a message with at most MAX_DEPTH of them cannot nest too deep."""
+
+_packers = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's msgpack Packer (one made per message costs as much as the packing)."""
+    try:
+        packer: msgpack.Packer = _packers.packer
+        return packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+        return packer
 
 
 class MsgpackCodec:
@@ -186,7 +229,7 @@ class MsgpackCodec:
     def encode(self, env: Envelope) -> bytes:
         """Serialise ``env`` as msgpack."""
         try:
-            out: bytes = msgpack.packb(_wire_with(env, False), use_bin_type=True)
+            out: bytes = _packer().pack(_wire_with(env, False))
         except (ValueError, TypeError, OverflowError) as exc:
             raise ProtocolError(str(exc)) from None
         return out
@@ -197,15 +240,18 @@ class MsgpackCodec:
             obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
         except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
             raise ProtocolError(f"not a msgpack envelope: {exc}"[:300]) from None
-        try:
-            _check_depth(obj)
-        except ProtocolError as exc:     # too deep: still say whose call it was, if we can
-            _attach_id(exc, obj)
-            raise
+        if len(data) - len(data.translate(None, _CONTAINER_BYTES)) > MAX_DEPTH:
+            try:
+                _check_depth(obj)
+            except ProtocolError as exc:     # too deep: still say whose call it was, if we can
+                _attach_id(exc, obj)
+                raise
         return _checked(obj)
 
 
-CODECS: Final[dict[str, Codec]] = {"json": JsonCodec(), "msgpack": MsgpackCodec()}
+_JSON: Final = JsonCodec()
+_MSGPACK: Final = MsgpackCodec()
+CODECS: Final[dict[str, Codec]] = {"json": _JSON, "msgpack": _MSGPACK}
 
 
 def get_codec(name: str) -> Codec:
@@ -235,7 +281,7 @@ def decode(data: bytes) -> Envelope:
             raise ProtocolError("empty message")
         first = view[0]
     if first == 0x7B:
-        return CODECS["json"].decode(data)
+        return _JSON.decode(data)
     if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):
-        return CODECS["msgpack"].decode(data)
+        return _MSGPACK.decode(data)
     raise ProtocolError(f"not an envelope: first byte 0x{first:02x}")

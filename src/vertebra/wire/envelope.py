@@ -148,6 +148,9 @@ def to_wire(env: Envelope) -> dict[str, Any]:
     return d
 
 
+_MISSING: Final = object()
+
+
 def _bad(key: str, what: str) -> ProtocolError:
     return ProtocolError(f"envelope field {key!r} {what}")
 
@@ -158,7 +161,7 @@ def from_wire(d: Any) -> Envelope:
         raise ProtocolError("an envelope is a map")
     get = d.get
     v = get("v")
-    if v != PROTOCOL_VERSION or isinstance(v, bool):
+    if v != PROTOCOL_VERSION or v is True:
         raise ProtocolError(f"unsupported protocol version {v!r} (this side speaks {PROTOCOL_VERSION})")
     kind, mid, re_, reply_to = get("kind"), get("id"), get("re", ""), get("reply_to", "")
     if kind not in KINDS:
@@ -167,58 +170,64 @@ def from_wire(d: Any) -> Envelope:
         raise _bad("id", "must be a non-empty string")
     if not isinstance(re_, str) or not isinstance(reply_to, str):
         raise _bad("re" if not isinstance(re_, str) else "reply_to", "must be a string")
-    env = Envelope(kind, id=mid, re=re_, reply_to=reply_to)
+    # Every field is checked, then the envelope is built once (no default made and replaced).
+    service: Any = ""
+    method: Any = ""
+    topic: Any = ""
+    args: Any = None
+    kwargs: Any = None
+    payload = result = error = seq = None
     if kind in _REQUESTS:
         service, method = get("service"), get("method")
         if not isinstance(service, str) or not service:
             raise _bad("service", "must be a non-empty string")
         if not isinstance(method, str) or not method:
             raise _bad("method", "must be a non-empty string")
-        args, kwargs = get("args", []), get("kwargs", {})
-        if type(args) is not list:
+        args, kwargs = get("args", _MISSING), get("kwargs", _MISSING)
+        if args is _MISSING:
+            args = []
+        elif type(args) is not list:
             raise _bad("args", "must be a list")
-        if type(kwargs) is not dict or not all(type(k) is str for k in kwargs):
+        if kwargs is _MISSING:
+            kwargs = {}
+        elif type(kwargs) is not dict or (kwargs and not all(type(k) is str for k in kwargs)):
             raise _bad("kwargs", "must be a map with string keys")
-        env.service, env.method, env.args, env.kwargs = service, method, args, kwargs
     elif kind == "event":
         topic = get("topic")
         if not isinstance(topic, str) or not topic:
             raise _bad("topic", "must be a non-empty string")
-        env.topic, env.payload = topic, get("payload")
+        payload = get("payload")
     else:
         if not re_:
             raise ProtocolError(f"a {kind} envelope needs 're', the id it answers")
         if kind == "reply" or kind == "item":
-            env.result = get("result")
+            result = get("result")
         seq = get("seq")
-        if seq is not None or kind == "item" or kind == "beat":
-            if type(seq) is not int or seq < 0:
-                raise _bad("seq", f"must be a non-negative integer on {kind!r}")
-            env.seq = seq
+        if (seq is not None or kind == "item" or kind == "beat") and (type(seq) is not int or seq < 0):
+            raise _bad("seq", f"must be a non-negative integer on {kind!r}")
         if kind == "error":
             error = get("error")
             if type(error) is not dict:
                 raise ProtocolError("an error envelope needs an 'error' map")
-            env.error = error
     deadline = get("deadline")
     if deadline is not None:
         if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
             raise _bad("deadline", "must be a number")
-        env.deadline = float(deadline)
+        deadline = float(deadline)
     not_before = get("not_before")
     if not_before is not None:
         if isinstance(not_before, bool) or not isinstance(not_before, (int, float)):
             raise _bad("not_before", "must be a number")
-        env.not_before = float(not_before)
+        not_before = float(not_before)
     priority = get("priority")
-    if priority is not None:
-        if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
-            raise _bad("priority", f"must be an integer from 0 to {MAX_PRIORITY}")
-        env.priority = priority
+    if priority is not None and (type(priority) is not int or not 0 <= priority <= MAX_PRIORITY):
+        raise _bad("priority", f"must be an integer from 0 to {MAX_PRIORITY}")
     headers = get("headers")
-    if headers is not None:
-        if type(headers) is not dict or not all(
-                type(k) is str and type(x) is str for k, x in headers.items()):
-            raise _bad("headers", "must be a map of strings")
-        env.headers = headers
-    return env
+    if headers is None:
+        headers = {}
+    elif type(headers) is not dict or not all(
+            type(k) is str and type(x) is str for k, x in headers.items()):
+        raise _bad("headers", "must be a map of strings")
+    return Envelope(kind, mid, service, method, topic, [] if args is None else args,
+                    {} if kwargs is None else kwargs, payload, result, error, re_, reply_to,
+                    deadline, headers, seq, not_before, priority)
