@@ -22,19 +22,19 @@ from ..transports.base import Transport
 from ..wire.codec import get_codec
 from ..wire.control import cancel_payload, control_topic
 from ..wire.deadletter import DeadLetter
-from ..wire.envelope import Envelope
-from ..wire.errors import CallTimeout, Unreachable, VertebraError
+from ..wire.envelope import Envelope, new_id
+from ..wire.errors import Unreachable, VertebraError
 from ..wire.info import ServiceInfo
 from ..wire.topics import matches, validate_pattern, validate_topic
 from . import forks
 from .multi import MultiTransport
 from .outbox import Outbox, OverflowPolicy
-from .pending import PendingCalls
+from .pending import Deadlines, PendingCalls
 from .proxy import AsyncProxy
 from .service import Servable, ServiceRuntime
 from .spool import Spool
 from .streams import AsyncStream
-from .tracing import producer_span
+from .tracing import producer_span, tracing
 from .url import default_url
 
 __all__ = ["AsyncBus"]
@@ -42,11 +42,6 @@ __all__ = ["AsyncBus"]
 log = logging.getLogger("vertebra.bus")
 
 EventCallback = Callable[[str, Any], Any]
-
-
-def _expire(fut: asyncio.Future[Any], service: str, method: str, timeout: float) -> None:
-    if not fut.done():
-        fut.set_exception(CallTimeout(f"{service}.{method}: no reply within {timeout:g}s"))
 
 
 class AsyncBus:
@@ -95,6 +90,7 @@ class AsyncBus:
                              hold_delayed=not self.transport.capabilities.holds_delayed)
         self._pending = PendingCalls()
         self._pending.recancel = self.cancel
+        self._deadlines: Deadlines | None = None
         self._runtimes: list[ServiceRuntime] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -177,24 +173,43 @@ class AsyncBus:
         """
         if self._generation != forks.generation():
             forks.check_not_forked(self._generation)
-        timeout = self.timeout if timeout is None else timeout
+        if timeout is None:
+            timeout = self.timeout
         env = self._call_envelope(service, method, args, kwargs, timeout, headers, not_before, priority)
-        fut = self._pending.add(env.id)
         loop = asyncio.get_running_loop()
+        fut = self._pending.add(env.id, loop)
         wait = timeout if env.not_before is None else env.not_before - time.time() + timeout
-        timer = loop.call_at(loop.time() + wait, _expire, fut, service, method, timeout)
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines = Deadlines(loop)
+        deadlines.add(loop.time() + wait, fut, service, method, timeout)
         sent = False
         try:
-            with producer_span(env, self.transport.scheme):
+            if tracing():
+                with producer_span(env, self.transport.scheme):
+                    await self._send_call(env)
+                    sent = True
+                    return await fut
+            if env.not_before is None:
+                try:
+                    await self.transport.send(env)
+                except (ConnectionError, OSError) as exc:
+                    if isinstance(exc, VertebraError):
+                        raise
+                    assert env.deadline is not None
+                    await self._send_until(env, env.deadline, exc)
+            else:
                 await self._send_call(env)
-                sent = True
-                return await fut
+            sent = True
+            return await fut
         except asyncio.CancelledError:
             if sent and (not fut.done() or fut.cancelled()):   # awaiting it cancelled it
                 self.cancel(service, env.id)     # the node stops the handler, if it still runs
             raise
         finally:
-            timer.cancel()
+            if not fut.done():
+                fut.cancel()        # ended unanswered (the send failed): no timeout for it
+            deadlines.finished()
             self._pending.discard(env.id)
 
     def _call_envelope(self, service: str, method: str, args: tuple[Any, ...] | list[Any],
@@ -205,9 +220,10 @@ class AsyncBus:
             start = not_before
         else:
             not_before = None
-        return Envelope("call", service=service, method=method, args=list(args),
-                        kwargs=kwargs or {}, deadline=start + timeout, headers=headers or {},
-                        not_before=not_before, priority=priority)
+        # positionally (see Envelope's fields): the hot path's one envelope
+        return Envelope("call", new_id(), service, method, "", list(args), kwargs or {}, None,
+                        None, None, "", "", start + timeout, headers or {}, None, not_before,
+                        priority)
 
     async def _send_call(self, env: Envelope) -> None:
         """Send a call, holding it here until its ``not_before`` where the transport does not."""
@@ -218,20 +234,26 @@ class AsyncBus:
         assert env.deadline is not None
         await self._send_until(env, env.deadline)
 
-    async def _send_until(self, env: Envelope, deadline: float) -> None:
+    async def _send_until(self, env: Envelope, deadline: float,
+                          failed: ConnectionError | OSError | None = None) -> None:
+        """Send, retrying with backoff while the transport is down, until ``deadline``
+        (``failed``: the first attempt was made already, and failed so)."""
         attempt = 0
         while True:
-            try:
-                await self.transport.send(env)
-                return
-            except (ConnectionError, OSError) as exc:
-                if isinstance(exc, VertebraError):
-                    raise
-                delay = self._backoff.delay(attempt)
-                attempt += 1
-                if time.time() + delay >= deadline:
-                    raise Unreachable(f"{env.service}: transport down ({exc})") from exc
-                await asyncio.sleep(delay)
+            if failed is None:
+                try:
+                    await self.transport.send(env)
+                    return
+                except (ConnectionError, OSError) as exc:
+                    failed = exc
+            error, failed = failed, None
+            if isinstance(error, VertebraError):
+                raise error
+            delay = self._backoff.delay(attempt)
+            attempt += 1
+            if time.time() + delay >= deadline:
+                raise Unreachable(f"{env.service}: transport down ({error})") from error
+            await asyncio.sleep(delay)
 
     def stream(self, service: str, method: str, args: tuple[Any, ...] | list[Any] = (),
                kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
@@ -270,8 +292,10 @@ class AsyncBus:
     def _enqueue(self, env: Envelope) -> str | None:
         if self._generation != forks.generation():
             forks.check_not_forked(self._generation)
-        with producer_span(env, self.transport.scheme):
-            return env.id if self.outbox.put(env) else None
+        if tracing():
+            with producer_span(env, self.transport.scheme):
+                return env.id if self.outbox.put(env) else None
+        return env.id if self.outbox.put(env) else None
 
     def publish(self, topic: str, payload: Any = None, *,
                 headers: dict[str, str] | None = None) -> str | None:
