@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import itertools
 import logging
 import threading
-from collections.abc import Callable
+import types
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from ..eager import start_eagerly
+from ..eager import start_in
 from ..wire.codec import Codec, decode
 from ..wire.deadletter import DeadLetter
 from ..wire.envelope import ANSWERS, Envelope
@@ -134,8 +136,11 @@ class MemoryBroker:
     def enqueue(self, msg: _Message) -> bool:
         """Queue work; False (and not queued) for a call to a service with no replica."""
         with self._lock:
-            if msg.is_call and not any(c.active for c in self._consumers.get(msg.service, ())):
-                return False
+            if msg.is_call:
+                consumers = self._consumers.get(msg.service)
+                if not consumers or not (consumers[0].active if len(consumers) == 1
+                                         else any(c.active for c in consumers)):
+                    return False
             self._queues[msg.service].append(msg)
             self._dispatch(msg.service)
             return True
@@ -143,18 +148,28 @@ class MemoryBroker:
     def _dispatch(self, service: str) -> None:
         q = self._queues.get(service)
         while q:
-            consumers = self._consumers.get(service, [])
-            # least busy ready replica; ties go to the one served longest ago (list order)
-            c = min((c for c in consumers if c.active and len(c.unacked) < c.prefetch),
-                    key=lambda c: len(c.unacked), default=None)
-            if c is None:
+            consumers = self._consumers.get(service)
+            if not consumers:
                 return
+            if len(consumers) == 1:
+                c = consumers[0]
+                if not c.active or len(c.unacked) >= c.prefetch:
+                    return
+            else:
+                # least busy ready replica; ties go to the one served longest ago (list order)
+                best: _Consumer | None = None
+                for x in consumers:
+                    if x.active and len(x.unacked) < x.prefetch and (
+                            best is None or len(x.unacked) < len(best.unacked)):
+                        best = x
+                if best is None:
+                    return
+                c = best
+                consumers.remove(c)  # round robin among equally busy replicas
+                consumers.append(c)
             msg = q.popleft()
             tag = next(self._seq)
             c.unacked[tag] = msg
-            if len(consumers) > 1:   # round robin among equally busy replicas
-                consumers.remove(c)
-                consumers.append(c)
             c.transport.post(c, tag, msg)
 
     def settle(self, c: _Consumer, tag: int, requeue: bool | None = None,
@@ -236,7 +251,7 @@ class _MemoryIncoming(Incoming):
     __slots__ = ("_consumer", "_settled", "_tag")
 
     def __init__(self, env: Envelope, consumer: _Consumer, tag: int) -> None:
-        super().__init__(env)
+        self.envelope = env      # what Incoming.__init__ does, without the call
         self._consumer, self._tag, self._settled = consumer, tag, False
 
     async def reply(self, answer: Envelope) -> None:
@@ -260,6 +275,10 @@ class _MemoryIncoming(Incoming):
             log.warning("buried task %s of %s.%s after %d attempt(s)", env.id, env.service,
                         env.method, dead.attempts)
         self._consumer.transport.broker.settle(self._consumer, self._tag, requeue, dead)
+
+
+async def _awaiting(awaitable: Awaitable[object]) -> None:
+    await awaitable
 
 
 class MemoryTransport(Transport):
@@ -356,39 +375,44 @@ class MemoryTransport(Transport):
 
     # -- cross-thread delivery: everything lands on this transport's own loop ---------------
 
-    def _post(self, fn: Callable[[], object]) -> None:
+    def _post(self, fn: Callable[..., Awaitable[None] | None], *args: Any) -> None:
+        """Run ``fn(*args)`` on this transport's loop (a coroutine it returns is started
+        there), in a context of its own: a copy of the poster's, as ``call_soon`` makes."""
         loop = self._loop
         if loop is None or not self._connected:
             return
+        ctx = contextvars.copy_context()
         if threading.get_ident() == self._thread:
-            loop.call_soon(self._run_item, fn)
+            loop.call_soon(self._run_item, ctx, fn, args, context=ctx)
         else:
             try:
-                loop.call_soon_threadsafe(self._run_item, fn)
+                loop.call_soon_threadsafe(self._run_item, ctx, fn, args, context=ctx)
             except RuntimeError:
                 log.warning("%s: loop closed, message dropped", self.address)
 
-    def _run_item(self, fn: Callable[[], object]) -> None:
+    def _run_item(self, ctx: contextvars.Context, fn: Callable[..., Awaitable[None] | None],
+                  args: tuple[Any, ...]) -> None:
         if not self._connected:
             return
-        result = fn()
-        if asyncio.iscoroutine(result):
-            start_eagerly(result, self._tasks)
+        result = fn(*args)
+        if result is not None:
+            start_in(result if type(result) is types.CoroutineType else _awaiting(result),
+                     self._tasks, ctx)
 
     def post(self, consumer: _Consumer, tag: int, msg: _Message) -> None:
         """Hand a delivered work message to this transport's loop."""
-        self._post(lambda: self._deliver(consumer, tag, msg))
+        self._post(self._deliver, consumer, tag, msg)
 
     def post_answer(self, data: bytes) -> None:
         """Hand a reply or error to this transport's loop (at once, when already on it)."""
         if threading.get_ident() == self._thread and self._on_answer is not None:
             self._deliver_answer(data)
         else:
-            self._post(lambda: self._deliver_answer(data))
+            self._post(self._deliver_answer, data)
 
     def post_event(self, handler: EventHandler, data: bytes) -> None:
         """Hand an event to this transport's loop."""
-        self._post(lambda: self._deliver_event(handler, data))
+        self._post(self._deliver_event, handler, data)
 
     def _decode(self, data: bytes) -> Envelope | None:
         try:
@@ -398,7 +422,9 @@ class MemoryTransport(Transport):
             log.warning("%s: malformed message dropped: %s", self.address, exc)
             return None
 
-    async def _deliver(self, consumer: _Consumer, tag: int, msg: _Message) -> None:
+    def _deliver(self, consumer: _Consumer, tag: int, msg: _Message) -> Awaitable[None] | None:
+        """Decode a work message (here, before any coroutine is made) and hand it to the
+        handler; the handler's coroutine is returned, for _run_item to start."""
         try:
             env = decode(msg.data)
         except ProtocolError as exc:
@@ -409,10 +435,10 @@ class MemoryTransport(Transport):
                 self.broker.answer(msg.reply_to, self.encode(Envelope(
                     "error", re=exc.envelope_id, error=wire_error("protocol", "ProtocolError", str(exc)))))
             self.broker.settle(consumer, tag)
-            return
+            return None
         if env.kind == "call":
             env.reply_to = msg.reply_to
-        await consumer.handler(_MemoryIncoming(env, consumer, tag))
+        return consumer.handler(_MemoryIncoming(env, consumer, tag))
 
     def _deliver_answer(self, data: bytes) -> None:
         env = self._decode(data)
