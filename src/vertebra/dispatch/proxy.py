@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .options import CallOptions
@@ -18,17 +19,22 @@ __all__ = ["AsyncMethod", "AsyncProxy"]
 class AsyncMethod:
     """One remote method, for async code: ``await m(...)``, ``m.cast(...)``, ``m.future(...)``."""
 
-    __slots__ = ("_bus", "_method", "_opts", "_service")
+    __slots__ = ("_bus", "_method", "_opts", "_plain", "_service")
 
     def __init__(self, bus: AsyncBus, service: str, method: str, opts: CallOptions) -> None:
         self._bus, self._service, self._method, self._opts = bus, service, method, opts
+        # no headers to copy and no not_before to compute for each call
+        self._plain = not opts.headers and opts.at is None and not opts.delay
 
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the method and return its result (or raise its error)."""
+    def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        """Call the method: await this for its result (or its error)."""
         opts = self._opts
-        return await self._bus.call(self._service, self._method, args, kwargs, timeout=opts.timeout,
-                                    headers=dict(opts.headers), not_before=opts.not_before(),
-                                    priority=opts.priority)
+        if self._plain:
+            return self._bus.call(self._service, self._method, args, kwargs, timeout=opts.timeout,
+                                  priority=opts.priority)
+        return self._bus.call(self._service, self._method, args, kwargs, timeout=opts.timeout,
+                              headers=dict(opts.headers), not_before=opts.not_before(),
+                              priority=opts.priority)
 
     def cast(self, *args: Any, **kwargs: Any) -> str | None:
         """Fire and forget (queued in the outbox); the message id, or None if dropped."""

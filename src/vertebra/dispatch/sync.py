@@ -45,15 +45,20 @@ os.register_at_fork(after_in_child=_forget_parent_buses)
 class Method:
     """One remote method, for sync code: ``m(...)`` blocks, ``m.cast`` and ``m.future`` do not."""
 
-    __slots__ = ("_bus", "_method", "_opts", "_service")
+    __slots__ = ("_bus", "_method", "_opts", "_plain", "_service")
 
     def __init__(self, bus: Bus, service: str, method: str, opts: CallOptions) -> None:
         self._bus, self._service, self._method, self._opts = bus, service, method, opts
+        # no headers to copy and no not_before to compute for each call
+        self._plain = not opts.headers and opts.at is None and not opts.delay
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the method and block until its result (or raise its error)."""
-        opts = self._opts
-        return self._bus.portal.run(self._bus.core.call(
+        opts, bus = self._opts, self._bus
+        if self._plain:
+            return bus.portal.run(bus.core.call(self._service, self._method, args, kwargs,
+                                                timeout=opts.timeout, priority=opts.priority))
+        return bus.portal.run(bus.core.call(
             self._service, self._method, args, kwargs, timeout=opts.timeout, headers=dict(opts.headers),
             not_before=opts.not_before(), priority=opts.priority))
 

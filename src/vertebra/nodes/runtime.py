@@ -21,6 +21,8 @@ neither tried again nor buried.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextvars
 import dataclasses
 import functools
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..backoff import Backoff
 from ..dispatch.logfields import fields
 from ..dispatch.slip import SLIP_HEADER
-from ..dispatch.tracing import consumer_span
+from ..dispatch.tracing import consumer_span, tracing
 from ..eager import start_eagerly
 from ..transports.base import Incoming
 from ..wire.control import control_topic
@@ -104,6 +106,57 @@ class _Running(set[asyncio.Task[None]]):
             call._started_task(task)
 
 
+class _Slots:
+    """The node's concurrency bound: a FIFO semaphore whose uncontended take is a plain
+    method call (:meth:`take`), not a coroutine.  A released slot goes straight to the
+    longest waiter, if any; so while anyone waits no slot is free."""
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def take(self) -> bool:
+        """Take a slot if one is free now (True), without waiting."""
+        if self._free > 0:
+            self._free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting (in line) for one if none is free."""
+        if self._free > 0:
+            self._free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.cancelled():
+                self._waiters.remove(fut)
+            else:
+                self.release()              # it was handed a slot as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the longest waiter, else to the free ones."""
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._free += 1
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
 def _in_thread(call: CallContext | None, func: Callable[..., Any], args: tuple[Any, ...],
                kwargs: dict[str, Any], collect: bool) -> Any:
     """Run a sync handler on a pool thread (not at all if it was stopped while queued);
@@ -114,6 +167,25 @@ def _in_thread(call: CallContext | None, func: Callable[..., Any], args: tuple[A
     if collect and type(result) is GeneratorType:
         return list(result)
     return result
+
+
+def _settle(fut: asyncio.Future[Any], work: concurrent.futures.Future[Any]) -> None:
+    """Hand the outcome of pool work to the loop's future waiting for it."""
+    if fut.done():
+        return
+    if work.cancelled():
+        fut.cancel()
+        return
+    exc = work.exception()
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(work.result())
+
+
+def _cancel_work(work: concurrent.futures.Future[Any], fut: asyncio.Future[Any]) -> None:
+    if fut.cancelled():
+        work.cancel()
 
 
 def _when(entry: Entrypoint) -> str:
@@ -155,7 +227,7 @@ class NodeRuntime:
         own_doc = cls.__dict__.get("__doc__")   # never a base class's (Node's own) docstring
         self.info = ServiceInfo(cls.name, methods, inspect.cleandoc(own_doc) if own_doc else "", 1,
                                 bus.transport.scheme)
-        self._slots = asyncio.Semaphore(self.prefetch)
+        self._slots = _Slots(self.prefetch)
         max_workers = cls.max_workers or self.prefetch
         self.pool = ElasticPool(min(cls.min_workers, max_workers), max_workers, cls.idle_timeout,
                                 name=f"vertebra-{cls.name}")
@@ -237,16 +309,17 @@ class NodeRuntime:
                     await incoming.ack()
                     return
             slots = self._slots
-            call._armed = True                      # a stop ends the wait for a slot
-            try:
-                await slots.acquire()
-            except asyncio.CancelledError:
-                if not call._absorb():
-                    raise
+            if not slots.take():                    # none free: wait in line for one
+                call._armed = True                  # a stop ends the wait for a slot
+                try:
+                    await slots.acquire()
+                except asyncio.CancelledError:
+                    if not call._absorb():
+                        raise
+                    call._armed = False
+                    await self._stopped(incoming, call)
+                    return
                 call._armed = False
-                await self._stopped(incoming, call)
-                return
-            call._armed = False
             try:
                 if call._why is not None:
                     await self._stopped(incoming, call)
@@ -274,7 +347,7 @@ class NodeRuntime:
                 stats.in_flight += 1
                 started = time.perf_counter()
                 set_current(call)
-                interruptible = h.on_loop or window is not None
+                interruptible = h.is_async or h.is_agen or window is not None
                 if interruptible:                   # a stop (a cancel, the deadline) cancels it
                     if env.deadline is not None:
                         call._watch_deadline()
@@ -283,13 +356,25 @@ class NodeRuntime:
                 result: Any = None
                 failure: Exception | None = None
                 try:
-                    with consumer_span(env, self.info.transport):
+                    if tracing():
+                        with consumer_span(env, self.info.transport):
+                            args, kwargs = h.binder.bind(env.args, env.kwargs)
+                            bound = True
+                            if window is None:
+                                result = await self._invoke(h, args, kwargs, call)
+                            else:
+                                result = await self._stream(incoming, h, call, args, kwargs, window)
+                    else:
                         args, kwargs = h.binder.bind(env.args, env.kwargs)
                         bound = True
-                        if window is None:
-                            result = await self._invoke(h, args, kwargs, call)
-                        else:
+                        if window is not None:
                             result = await self._stream(incoming, h, call, args, kwargs, window)
+                        elif h.is_async:            # _invoke's first case, one coroutine less
+                            result = await h.func(*args, **kwargs)
+                            if type(result) in _GENERATORS:
+                                result = await self._collect(result)
+                        else:
+                            result = await self._invoke(h, args, kwargs, call)
                 except asyncio.CancelledError:
                     if not call._absorb():
                         raise
@@ -402,19 +487,36 @@ class NodeRuntime:
             result = h.func(*args, **kwargs)     # only makes the generator: no code runs yet
         else:
             ctx = contextvars.copy_context()
-            return await asyncio.get_running_loop().run_in_executor(
-                self.pool, functools.partial(ctx.run, _in_thread, call, h.func, args, kwargs, collect))
+            return await self._in_pool(ctx.run, _in_thread, call, h.func, args, kwargs, collect)
         if collect and type(result) in _GENERATORS:
             result = await self._collect(result)
         return result
+
+    def _in_pool(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """``fn(*args)`` on a pool thread: ``loop.run_in_executor`` with one hop back to
+        the loop and no future chained both ways (cancelling the returned future still
+        keeps a queued ``fn`` from starting)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        work = self.pool.submit(fn, *args)
+
+        def done(work: concurrent.futures.Future[Any]) -> None:   # on the pool thread
+            try:
+                loop.call_soon_threadsafe(_settle, fut, work)
+            except RuntimeError:            # the loop was closed meanwhile: nobody waits
+                pass
+
+        work.add_done_callback(done)
+        fut.add_done_callback(functools.partial(_cancel_work, work))
+        return fut
 
     async def _collect(self, gen: Any) -> list[Any]:
         """All the items of a generator (a sync one runs in the pool) as a list."""
         if type(gen) is AsyncGeneratorType:
             return [x async for x in gen]
         ctx = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(
-            self.pool, functools.partial(ctx.run, list, gen))
+        items: list[Any] = await self._in_pool(ctx.run, list, gen)
+        return items
 
     async def _stream(self, incoming: Incoming, h: _Handler, call: CallContext,
                       args: tuple[Any, ...], kwargs: dict[str, Any], window: int) -> int:
