@@ -34,13 +34,13 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import frames as F
 from .options import ZmqOptions
+from .receiving import receive_forever
 from .waiters import Waiters, within
 
 __all__ = ["HubLink"]
 
 log = logging.getLogger("vertebra.transports.zmq")
 
-_DRAIN = 256
 _EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
            | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 _HELLO_WAIT = 1.0   # seconds a HELLO waits for a connection that has just come up
@@ -105,7 +105,8 @@ class HubLink:
         self.dealer.setsockopt(zmq.ROUTING_ID, self.ident)
         self._monitor = self.dealer.get_monitor_socket(_EVENTS)
         self._opened = loop.create_future()
-        self._tasks = [loop.create_task(self._recv_loop(), name="vertebra-zmq-recv"),
+        self._tasks = [loop.create_task(receive_forever(self.dealer, self._on_message),
+                                        name="vertebra-zmq-recv"),
                        loop.create_task(self._monitor_loop(), name="vertebra-zmq-monitor")]
         self.dealer.connect(self.opts.endpoint)
         try:
@@ -262,22 +263,8 @@ class HubLink:
 
     # ---------------------------------------------------------------- loops
 
-    async def _recv_loop(self) -> None:
-        dealer = self.dealer
-        assert dealer is not None
-        shadow: zmq.Socket[bytes] = zmq.Socket.shadow(dealer.underlying)
-        while True:
-            msg = await dealer.recv_multipart()
-            self._last_hub = time.monotonic()
-            await self._on_message(msg)
-            for _ in range(_DRAIN):
-                try:
-                    msg = shadow.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                await self._on_message(msg)
-
     async def _on_message(self, msg: list[bytes]) -> None:
+        self._last_hub = time.monotonic()
         try:
             await self._dispatch(msg)
         except ConnectionError as exc:   # an answer to the hub (a NACK, say) found it gone

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -36,13 +37,13 @@ from ...wire.envelope import ANSWERS, Envelope
 from ...wire.errors import ProtocolError, wire_error
 from . import frames as F
 from .connection import HubLink
+from .receiving import receive_forever
 
 __all__ = ["DirectCalls"]
 
 log = logging.getLogger("vertebra.transports.zmq")
 
 _KEEP = 60.0      # seconds a service's routes are kept fresh after its last call
-_DRAIN = 256
 _MONITORED = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 
 
@@ -159,7 +160,8 @@ class DirectCalls:
         dealer.connect(endpoint)
         replica = self._replicas[(endpoint, key)] = _Replica(endpoint, dealer, monitor)
         loop = asyncio.get_running_loop()
-        replica.tasks = [loop.create_task(self._recv_loop(replica), name="vertebra-zmq-direct-recv"),
+        answers = functools.partial(self._on_message, replica)
+        replica.tasks = [loop.create_task(receive_forever(dealer, answers), name="vertebra-zmq-direct-recv"),
                          loop.create_task(self._monitor_loop(replica), name="vertebra-zmq-direct-monitor")]
         return replica
 
@@ -227,19 +229,6 @@ class DirectCalls:
                                      error=wire_error("unreachable", "Unreachable", reason)))
 
     # ---------------------------------------------------------------- answers
-
-    async def _recv_loop(self, replica: _Replica) -> None:
-        dealer = replica.dealer
-        shadow: zmq.Socket[bytes] = zmq.Socket.shadow(dealer.underlying)
-        while True:
-            msg = await dealer.recv_multipart()
-            await self._on_message(replica, msg)
-            for _ in range(_DRAIN):
-                try:
-                    msg = shadow.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                await self._on_message(replica, msg)
 
     async def _on_message(self, replica: _Replica, msg: list[bytes]) -> None:
         try:

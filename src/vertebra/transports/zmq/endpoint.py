@@ -30,17 +30,17 @@ import zmq.asyncio
 
 from ...wire.codec import Codec
 from ...wire.envelope import Envelope
-from ...wire.errors import ProtocolError, wire_error
 from ..base import Incoming
 from . import frames as F
+from .incoming import PARTIAL, answer_body
 from .options import ZmqOptions
+from .receiving import receive_forever
 
 __all__ = ["DirectEndpoint", "DirectIncoming"]
 
 log = logging.getLogger("vertebra.transports.zmq")
 
 _H_ANSWER, _H_REDIRECT = F.header(F.ANSWER), F.header(F.REDIRECT)
-_DRAIN = 256
 
 DeliverCall = Callable[[bytes, bytes, bytes, bytes], Awaitable[None]]
 """``deliver(caller, service, message id, envelope)``: a CALL that came to this endpoint."""
@@ -115,7 +115,8 @@ class DirectEndpoint:
         self.announce = {"endpoint": endpoint}
         if self.opts.curve is not None:
             self.announce["key"] = self.opts.curve[1].decode("ascii")
-        self._task = asyncio.get_running_loop().create_task(self._recv_loop(), name="vertebra-zmq-direct")
+        self._task = asyncio.get_running_loop().create_task(receive_forever(r, self._on_message),
+                                                            name="vertebra-zmq-direct")
         return self.announce
 
     def allow(self, keys: list[str] | None) -> None:
@@ -175,20 +176,6 @@ class DirectEndpoint:
         self.stats["direct_redirects_sent"] += 1
         await self.send(caller, [_H_REDIRECT, msgid])
 
-    async def _recv_loop(self) -> None:
-        r = self._router
-        assert r is not None
-        shadow: zmq.Socket[bytes] = zmq.Socket.shadow(r.underlying)
-        while True:
-            msg = await r.recv_multipart()
-            await self._on_message(msg)
-            for _ in range(_DRAIN):
-                try:
-                    msg = shadow.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                await self._on_message(msg)
-
     async def _on_message(self, msg: list[bytes]) -> None:
         caller = msg[0]
         try:
@@ -228,22 +215,9 @@ class DirectIncoming(Incoming):
         an error saying so)."""
         if self._done:
             return
-        limit = self._endpoint.opts.max_message_size
-        if answer.kind == "item" or answer.kind == "beat":
-            body = self._codec.encode(answer)
-            if len(body) > limit:
-                raise ProtocolError(f"{answer.kind} of {len(body)} bytes is over the maximum of "
-                                    f"{limit} (max_message_size)")
-            await self._endpoint.send(self._caller, [_H_ANSWER, body])
-            return
-        self._done = True
-        try:
-            body = self._codec.encode(answer)
-        except ProtocolError as exc:
-            body = self._codec.encode(self.envelope.fail(wire_error("protocol", "ProtocolError", str(exc))))
-        if len(body) > limit:
-            body = self._codec.encode(self.envelope.fail(wire_error(
-                "protocol", "ProtocolError", f"reply of {len(body)} bytes is over the maximum of {limit}")))
+        body = answer_body(self._codec, self.envelope, answer, self._endpoint.opts.max_message_size)
+        if answer.kind not in PARTIAL:
+            self._done = True
         await self._endpoint.send(self._caller, [_H_ANSWER, body])
 
     async def ack(self) -> None:

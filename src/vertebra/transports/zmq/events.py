@@ -28,12 +28,12 @@ from ...wire.topics import literal_prefix, matches
 from ..base import EventHandler
 from . import frames as F
 from .connection import HubLink
+from .receiving import receive_forever
 
 __all__ = ["EventLink"]
 
 log = logging.getLogger("vertebra.transports.zmq")
 
-_DRAIN = 256
 _PROBE = 0.05   # seconds between PUB hellos / SYNCs while waiting for the hub
 
 
@@ -57,7 +57,8 @@ class EventLink:
         self.sub = self.link.socket(zmq.SUB)
         self.pub = self.link.socket(zmq.PUB)
         self.rewire(welcome)
-        self._task = asyncio.get_running_loop().create_task(self._sub_loop(), name="vertebra-zmq-events")
+        self._task = asyncio.get_running_loop().create_task(receive_forever(self.sub, self._on_event),
+                                                            name="vertebra-zmq-events")
 
     def rewire(self, welcome: dict[str, Any], restarted: bool = False) -> None:
         """Follow the hub to the event endpoints ``welcome`` names (a restarted hub: new
@@ -161,20 +162,6 @@ class EventLink:
             self._syncs.pop(topic, None)
             if self.sub is not None:
                 self.sub.setsockopt(zmq.UNSUBSCRIBE, topic)
-
-    async def _sub_loop(self) -> None:
-        sub = self.sub
-        assert sub is not None
-        shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sub.underlying)
-        while True:
-            msg = await sub.recv_multipart()
-            await self._on_event(msg)
-            for _ in range(_DRAIN):
-                try:
-                    msg = shadow.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                await self._on_event(msg)
 
     async def _on_event(self, msg: list[bytes]) -> None:
         if len(msg) != 2:

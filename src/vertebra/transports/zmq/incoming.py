@@ -31,7 +31,28 @@ log = logging.getLogger("vertebra.transports.zmq")
 _H_REPLY, _H_ACK, _H_NACK, _H_BURY = (F.header(F.REPLY), F.header(F.ACK), F.header(F.NACK),
                                       F.header(F.BURY))
 _H_ITEM = F.header(F.ITEM)
-_PARTIAL = frozenset({"item", "beat"})
+PARTIAL = frozenset({"item", "beat"})
+"""Answer kinds that settle nothing (a streamed call's items and beats)."""
+
+
+def answer_body(codec: Codec, call: Envelope, answer: Envelope, limit: int) -> bytes:
+    """``answer`` to ``call``, encoded.  An ``item`` or ``beat`` that cannot be encoded or is
+    over ``limit`` bytes raises ProtocolError (the node then ends the stream with an error);
+    a final ``reply`` or ``error`` that cannot is replaced by an error saying why."""
+    if answer.kind in PARTIAL:
+        body = codec.encode(answer)
+        if len(body) > limit:
+            raise ProtocolError(f"{answer.kind} of {len(body)} bytes is over the maximum of "
+                                f"{limit} (max_message_size)")
+        return body
+    try:
+        body = codec.encode(answer)
+    except ProtocolError as exc:
+        body = codec.encode(call.fail(wire_error("protocol", "ProtocolError", str(exc))))
+    if len(body) > limit:
+        body = codec.encode(call.fail(wire_error(
+            "protocol", "ProtocolError", f"reply of {len(body)} bytes is over the maximum of {limit}")))
+    return body
 
 
 class ZmqIncoming(Incoming):
@@ -57,22 +78,11 @@ class ZmqIncoming(Incoming):
         ``reply`` or ``error`` goes as REPLY and settles the delivery (credit comes back)."""
         if self._done:
             return
-        limit = self._link.opts.max_message_size
-        if answer.kind in _PARTIAL:
-            body = self._codec.encode(answer)
-            if len(body) > limit:
-                raise ProtocolError(f"{answer.kind} of {len(body)} bytes is over the maximum of "
-                                    f"{limit} (max_message_size)")
+        body = answer_body(self._codec, self.envelope, answer, self._link.opts.max_message_size)
+        if answer.kind in PARTIAL:
             await self._link.send([_H_ITEM, self._tag, body], wait=self._settle_wait())
             return
         self._done = True
-        try:
-            body = self._codec.encode(answer)
-        except ProtocolError as exc:
-            body = self._codec.encode(self.envelope.fail(wire_error("protocol", "ProtocolError", str(exc))))
-        if len(body) > limit:
-            body = self._codec.encode(self.envelope.fail(wire_error(
-                "protocol", "ProtocolError", f"reply of {len(body)} bytes is over the maximum of {limit}")))
         await self._link.send([_H_REPLY, self._tag, body], wait=self._settle_wait())
 
     async def ack(self) -> None:
