@@ -33,13 +33,16 @@ if TYPE_CHECKING:
     import subprocess
     from collections.abc import Callable
 
+try:
+    from bench import peers  # python -m bench.rss
+except ImportError:
+    import peers  # type: ignore[no-redef]  # python bench/rss.py
+
 HERE = os.path.realpath(__file__)
 # bench/ holds zmq.py and amqp.py: keep it off the path so ``import zmq`` is pyzmq
 sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != os.path.dirname(HERE)]
 
-PAYLOAD = "x" * 100
-PEERS_DEFAULT = "/tmp/peerbench/bin/python"
-PEER_PACKAGES = ("zerorpc", "Pyro5", "rpyc")
+PAYLOAD = peers.PAYLOAD
 
 
 def free_port() -> int:
@@ -115,76 +118,9 @@ def srv_node(url: str) -> None:
     asyncio.run(main())
 
 
-def srv_pyro(port: str) -> None:
-    """A Pyro5 daemon serving ``echo``."""
-    import Pyro5.api
-
-    @Pyro5.api.expose
-    class Echo:
-        def echo(self, value: str) -> str:
-            return value
-
-    daemon = Pyro5.api.Daemon(host="127.0.0.1", port=int(port))
-    daemon.register(Echo(), "echo")
-    print("ready", flush=True)
-    daemon.requestLoop()
-
-
-def srv_rpyc(port: str) -> None:
-    """An RPyC ThreadedServer serving ``exposed_echo``."""
-    import logging
-    import threading
-
-    import rpyc
-    from rpyc.utils.server import ThreadedServer
-
-    class EchoService(rpyc.Service):  # type: ignore[misc]
-        def exposed_echo(self, value: str) -> str:
-            return value
-
-    quiet = logging.getLogger("rpyc-bench")
-    quiet.addHandler(logging.NullHandler())
-    quiet.propagate = False
-    server = ThreadedServer(EchoService, hostname="127.0.0.1", port=int(port), logger=quiet)
-
-    def announce() -> None:   # the listener listens only once start() runs
-        while not server.active:
-            time.sleep(0.01)
-        print("ready", flush=True)
-
-    threading.Thread(target=announce, daemon=True).start()
-    server.start()
-
-
-def srv_zerorpc(port: str) -> None:
-    """A zerorpc server serving ``echo``."""
-    import zerorpc
-
-    class Echo:
-        def echo(self, value: str) -> str:
-            return value
-
-    s = zerorpc.Server(Echo())
-    s.bind(f"tcp://127.0.0.1:{port}")
-    print("ready", flush=True)
-    s.run()
-
-
 def cli_peer(kind: str, port: str, n: str) -> None:
     """Runs under --peers: make n sync echo calls to a peer server."""
-    if kind == "zerorpc":
-        import zerorpc
-        c = zerorpc.Client()
-        c.connect(f"tcp://127.0.0.1:{port}")
-        step: Callable[[], object] = lambda: c.echo(PAYLOAD)  # noqa: E731
-    elif kind == "rpyc":
-        import rpyc
-        echo = rpyc.connect("127.0.0.1", int(port)).root.echo
-        step = lambda: echo(PAYLOAD)  # noqa: E731
-    else:
-        import Pyro5.api
-        p = Pyro5.api.Proxy(f"PYRO:echo@127.0.0.1:{port}")
-        step = lambda: p.echo(PAYLOAD)  # noqa: E731
+    step = peers.echo_client(kind, port)
     for _ in range(int(n)):
         assert step() == PAYLOAD
 
@@ -275,7 +211,7 @@ def run_peer(kind: str, label: str, python: str, n: int) -> Measured:
     """A peer framework's server under ``python``, n calls from its own client there."""
     import subprocess
     port = free_port()
-    srv = start([python, HERE, f"srv_{kind}", str(port)])
+    srv = start(peers.server_argv(python, kind, port))
     try:
         ready = status_kib(srv.pid, "VmHWM")
         subprocess.run([python, HERE, "cli_peer", kind, str(port), str(n)], check=True,
@@ -296,29 +232,6 @@ def run_floor(label: str, code: str) -> Measured:
         stop(p)
 
 
-def ensure_peers(python: str) -> str:
-    """Make ``python`` (a <venv>/bin/python) import zerorpc, Pyro5, rpyc; "" or why not."""
-    import subprocess
-    from pathlib import Path
-    check = ("import importlib.util, sys; sys.exit(any(importlib.util.find_spec(m) is None "
-             f"for m in {list(PEER_PACKAGES)!r}))")
-    if Path(python).exists() and subprocess.run([python, "-c", check]).returncode == 0:
-        return ""
-    if Path(python).parent.name != "bin":
-        return f"{python} lacks {', '.join(PEER_PACKAGES)}"
-    print(f"(making peer venv {Path(python).parent.parent})", file=sys.stderr, flush=True)
-    if not Path(python).exists():
-        r = subprocess.run([sys.executable, "-m", "venv", str(Path(python).parent.parent)],
-                           capture_output=True, text=True)
-        if r.returncode:
-            return f"venv failed: {r.stderr.strip()[-80:]}"
-    r = subprocess.run([python, "-m", "pip", "install", "-q", *PEER_PACKAGES],
-                       capture_output=True, text=True)
-    return f"pip failed: {r.stderr.strip()[-80:]}" if r.returncode else ""
-
-
-# ------------------------------------------------------------------ main
-
 def mib(kib: float) -> str:
     """KiB as MiB with one decimal."""
     return f"{kib / 1024:.1f}"
@@ -333,12 +246,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="echo calls before the second reading")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
-    ap.add_argument("--peers", default=os.environ.get("VERTEBRA_BENCH_PEERS", PEERS_DEFAULT))
+    ap.add_argument("--peers", default=os.environ.get("VERTEBRA_BENCH_PEERS", peers.PEERS_DEFAULT))
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-amqp", action="store_true")
     a = ap.parse_args()
 
-    why_peers = "skipped (--no-peers)" if a.no_peers else ensure_peers(a.peers)
+    why_peers = "skipped (--no-peers)" if a.no_peers else peers.ensure_peers(a.peers)
     jobs: list[tuple[str, Callable[[], Measured]]] = [
         ("python -c pass", lambda: run_floor("python -c pass (floor)", "pass")),
         ("python -c 'import zmq'", lambda: run_floor("python -c 'import zmq' (floor)", "import zmq")),
@@ -346,9 +259,9 @@ def main() -> None:
     ]
     if not a.no_amqp:
         jobs.append(("vertebra amqp://", lambda: run_vertebra_amqp(a.n, a.url)))
-    peers = (("pyro", "Pyro5 daemon"), ("rpyc", "RPyC ThreadedServer"), ("zerorpc", "zerorpc server"))
+    servers = (("pyro", "Pyro5 daemon"), ("rpyc", "RPyC ThreadedServer"), ("zerorpc", "zerorpc server"))
     if not why_peers:
-        for kind, label in peers:
+        for kind, label in servers:
             jobs.append((label, functools.partial(run_peer, kind, label, a.peers, a.n)))
 
     got: dict[str, list[tuple[int, int]]] = {}

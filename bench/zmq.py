@@ -39,6 +39,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+try:
+    from bench import peers  # python -m bench.zmq
+except ImportError:
+    import peers  # type: ignore[no-redef]  # python bench/zmq.py
+
 # this file is called zmq.py: keep its directory off the path so ``import zmq`` is pyzmq
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
@@ -47,8 +52,6 @@ import zmq  # noqa: E402
 PAYLOAD = "x" * 100
 BPAYLOAD = PAYLOAD.encode()
 HERE = Path(__file__).resolve()
-PEERS_DEFAULT = "/tmp/peerbench/bin/python"
-PEER_PACKAGES = {"zerorpc": "zerorpc", "Pyro5": "Pyro5", "rpyc": "rpyc"}   # module: package
 PEER_ROWS = {"zerorpc": "zerorpc sync call", "pyro": "Pyro5 sync call", "rpyc": "RPyC sync call"}
 
 
@@ -58,8 +61,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def spawn(*args: str, python: str = sys.executable) -> subprocess.Popen[str]:
-    p = subprocess.Popen([python, str(HERE), *args], stdout=subprocess.PIPE, text=True)
+def spawn(*args: str, python: str = sys.executable, argv: list[str] | None = None) -> subprocess.Popen[str]:
+    p = subprocess.Popen(argv or [python, str(HERE), *args], stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None
     line = p.stdout.readline()
     if line.strip() != "ready":
@@ -170,74 +173,9 @@ def srv_node(url: str) -> None:
     asyncio.run(main())
 
 
-def srv_zerorpc(port: str) -> None:
-    import zerorpc
-
-    class Echo:
-        def echo(self, value: str) -> str:
-            return value
-
-    s = zerorpc.Server(Echo())
-    s.bind(f"tcp://127.0.0.1:{port}")
-    print("ready", flush=True)
-    s.run()
-
-
-def srv_pyro(port: str) -> None:
-    import Pyro5.api
-
-    @Pyro5.api.expose
-    class Echo:
-        def echo(self, value: str) -> str:
-            return value
-
-    daemon = Pyro5.api.Daemon(host="127.0.0.1", port=int(port))
-    daemon.register(Echo(), "echo")
-    print("ready", flush=True)
-    daemon.requestLoop()
-
-
-def srv_rpyc(port: str) -> None:
-    import logging
-    import threading
-
-    import rpyc
-    from rpyc.utils.server import ThreadedServer
-
-    class EchoService(rpyc.Service):  # type: ignore[misc]
-        def exposed_echo(self, value: str) -> str:
-            return value
-
-    quiet = logging.getLogger("rpyc-bench")
-    quiet.addHandler(logging.NullHandler())
-    quiet.propagate = False
-    server = ThreadedServer(EchoService, hostname="127.0.0.1", port=int(port), logger=quiet)
-
-    def announce() -> None:   # the listener listens only once start() runs
-        while not server.active:
-            time.sleep(0.01)
-        print("ready", flush=True)
-
-    threading.Thread(target=announce, daemon=True).start()
-    server.start()
-
-
 def cli_peer(kind: str, port: str, seconds: str) -> None:
     """Runs under --peers: measure a peer framework's sync calls, print rate p50 p99."""
-    if kind == "zerorpc":
-        import zerorpc
-        c = zerorpc.Client()
-        c.connect(f"tcp://127.0.0.1:{port}")
-        step = lambda: c.echo(PAYLOAD)  # noqa: E731
-    elif kind == "rpyc":
-        import rpyc
-        conn = rpyc.connect("127.0.0.1", int(port))
-        echo = conn.root.echo          # bound once: each call below is one round trip
-        step = lambda: echo(PAYLOAD)  # noqa: E731
-    else:
-        import Pyro5.api
-        p = Pyro5.api.Proxy(f"PYRO:echo@127.0.0.1:{port}")
-        step = lambda: p.echo(PAYLOAD)  # noqa: E731
+    step = peers.echo_client(kind, port)
     step()
     rate, lat = timed_loop(step, float(seconds))
     print(rate, pct(lat, 0.5), pct(lat, 0.99), flush=True)
@@ -370,37 +308,11 @@ async def vertebra_async(url: str, seconds: float, tasks: int) -> list[Row]:
     return rows
 
 
-def ensure_peers(python: str) -> str:
-    """Make ``python`` able to import zerorpc, Pyro5 and RPyC; return "" or why it cannot.
-
-    Only a venv path (``<dir>/bin/python``) is created or completed; any other Python is
-    used as it is.
-    """
-    check = "import importlib.util, sys; sys.exit(any(importlib.util.find_spec(m) is None " \
-            f"for m in {sorted(PEER_PACKAGES)!r}))"
-    if Path(python).exists() and subprocess.run([python, "-c", check]).returncode == 0:
-        return ""
-    venv = Path(python).parent.parent
-    if Path(python).parent.name != "bin":
-        return f"{python} lacks {', '.join(PEER_PACKAGES)}"
-    print(f"(making peer venv {venv}: pip install {' '.join(PEER_PACKAGES.values())})",
-          file=sys.stderr, flush=True)
-    if not Path(python).exists():
-        r = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
-        if r.returncode:
-            return f"venv failed: {r.stderr.strip()[-80:]}"
-    r = subprocess.run([python, "-m", "pip", "install", "-q", *PEER_PACKAGES.values()],
-                       capture_output=True, text=True)
-    if r.returncode:
-        return f"pip failed: {r.stderr.strip().splitlines()[-1][-80:] if r.stderr else r.returncode}"
-    return ""
-
-
 def peer(kind: str, python: str, seconds: float) -> Row:
     name = PEER_ROWS[kind]
     port = free_port()
     try:
-        p = spawn(f"srv_{kind}", str(port), python=python)
+        p = spawn(kind, argv=peers.server_argv(python, kind, port))
     except (RuntimeError, OSError) as exc:
         return Row(name, float("nan"), note=f"could not start: {exc}"[:60])
     try:
@@ -444,7 +356,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--tasks", type=int, default=20000)
-    ap.add_argument("--peers", default=os.environ.get("VERTEBRA_BENCH_PEERS", PEERS_DEFAULT),
+    ap.add_argument("--peers", default=os.environ.get("VERTEBRA_BENCH_PEERS", peers.PEERS_DEFAULT),
                     help="a Python with zerorpc, Pyro5 and rpyc (a <venv>/bin/python is made "
                          "when missing)")
     ap.add_argument("--no-peers", action="store_true", help="skip the zerorpc/Pyro5/RPyC rows")
@@ -460,7 +372,7 @@ def main() -> None:
     finally:
         node.kill()
         hub.kill()
-    why = "skipped (--no-peers)" if a.no_peers else ensure_peers(a.peers)
+    why = "skipped (--no-peers)" if a.no_peers else peers.ensure_peers(a.peers)
     for kind in PEER_ROWS:
         if why:
             rows.append(Row(PEER_ROWS[kind], float("nan"), note=why))
