@@ -185,21 +185,12 @@ class AsyncBus:
         deadlines.add(loop.time() + wait, fut, service, method, timeout)
         sent = False
         try:
-            if tracing():
+            if tracing():        # the client span lasts until the answer
                 with producer_span(env, self.transport.scheme):
                     await self._send_call(env)
                     sent = True
                     return await fut
-            if env.not_before is None:
-                try:
-                    await self.transport.send(env)
-                except (ConnectionError, OSError) as exc:
-                    if isinstance(exc, VertebraError):
-                        raise
-                    assert env.deadline is not None
-                    await self._send_until(env, env.deadline, exc)
-            else:
-                await self._send_call(env)
+            await self._send_call(env)
             sent = True
             return await fut
         except asyncio.CancelledError:
@@ -234,26 +225,21 @@ class AsyncBus:
         assert env.deadline is not None
         await self._send_until(env, env.deadline)
 
-    async def _send_until(self, env: Envelope, deadline: float,
-                          failed: ConnectionError | OSError | None = None) -> None:
-        """Send, retrying with backoff while the transport is down, until ``deadline``
-        (``failed``: the first attempt was made already, and failed so)."""
+    async def _send_until(self, env: Envelope, deadline: float) -> None:
+        """Send, retrying with backoff while the transport is down, until ``deadline``."""
         attempt = 0
         while True:
-            if failed is None:
-                try:
-                    await self.transport.send(env)
-                    return
-                except (ConnectionError, OSError) as exc:
-                    failed = exc
-            error, failed = failed, None
-            if isinstance(error, VertebraError):
-                raise error
-            delay = self._backoff.delay(attempt)
-            attempt += 1
-            if time.time() + delay >= deadline:
-                raise Unreachable(f"{env.service}: transport down ({error})") from error
-            await asyncio.sleep(delay)
+            try:
+                await self.transport.send(env)
+                return
+            except (ConnectionError, OSError) as exc:
+                if isinstance(exc, VertebraError):
+                    raise
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                if time.time() + delay >= deadline:
+                    raise Unreachable(f"{env.service}: transport down ({exc})") from exc
+                await asyncio.sleep(delay)
 
     def stream(self, service: str, method: str, args: tuple[Any, ...] | list[Any] = (),
                kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
@@ -292,10 +278,8 @@ class AsyncBus:
     def _enqueue(self, env: Envelope) -> str | None:
         if self._generation != forks.generation():
             forks.check_not_forked(self._generation)
-        if tracing():
-            with producer_span(env, self.transport.scheme):
-                return env.id if self.outbox.put(env) else None
-        return env.id if self.outbox.put(env) else None
+        with producer_span(env, self.transport.scheme):     # a shared no-op when tracing is off
+            return env.id if self.outbox.put(env) else None
 
     def publish(self, topic: str, payload: Any = None, *,
                 headers: dict[str, str] | None = None) -> str | None:

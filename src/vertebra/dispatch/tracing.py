@@ -64,9 +64,6 @@ def _check(provider: object) -> bool:
     return _enabled
 
 
-_tracing = tracing    # the name this module's callers used first
-
-
 def _name(env: Envelope) -> str:
     return env.topic if env.kind == "event" else f"{env.service}.{env.method}"
 
