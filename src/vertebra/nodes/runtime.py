@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..backoff import Backoff
 from ..dispatch.logfields import fields
 from ..dispatch.slip import SLIP_HEADER
-from ..dispatch.tracing import consumer_span, tracing
+from ..dispatch.tracing import consumer_span
 from ..eager import start_eagerly
 from ..transports.base import Incoming
 from ..wire.control import control_topic
@@ -347,7 +347,7 @@ class NodeRuntime:
                 stats.in_flight += 1
                 started = time.perf_counter()
                 set_current(call)
-                interruptible = h.is_async or h.is_agen or window is not None
+                interruptible = h.on_loop or window is not None
                 if interruptible:                   # a stop (a cancel, the deadline) cancels it
                     if env.deadline is not None:
                         call._watch_deadline()
@@ -356,15 +356,7 @@ class NodeRuntime:
                 result: Any = None
                 failure: Exception | None = None
                 try:
-                    if tracing():
-                        with consumer_span(env, self.info.transport):
-                            args, kwargs = h.binder.bind(env.args, env.kwargs)
-                            bound = True
-                            if window is None:
-                                result = await self._invoke(h, args, kwargs, call)
-                            else:
-                                result = await self._stream(incoming, h, call, args, kwargs, window)
-                    else:
+                    with consumer_span(env, self.info.transport):   # a shared no-op when off
                         args, kwargs = h.binder.bind(env.args, env.kwargs)
                         bound = True
                         if window is not None:
