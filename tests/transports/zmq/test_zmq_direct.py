@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import signal
 import time
 from urllib.parse import quote
 
@@ -168,6 +169,64 @@ async def test_a_replica_killed_mid_call_is_unreachable_at_once_not_a_timeout(hu
         answers[answer.re] = answer
     assert {a.error["code"] for a in answers.values()} == {"unreachable"}
     assert client.t.stats["direct_lost"] == 1                       # seen by the caller itself
+
+
+async def test_a_draining_replica_still_answers_the_direct_calls_it_holds(hub, open_client):
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def slow_reply(inc):
+        await asyncio.sleep(1.0)                # several route refreshes (heartbeat 0.2 s)
+        await inc.reply(inc.envelope.answer("done"))
+        await inc.ack()
+
+    async def handle(inc):
+        if inc.envelope.args == ["warm-up"]:
+            await inc.reply(inc.envelope.answer("warm"))
+            await inc.ack()
+            return
+        task = asyncio.create_task(slow_reply(inc))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    node = await open_client()
+    await node.t.serve(ServiceInfo("calc"), handle)
+    client = await open_client()
+    await warm(client, "calc")
+    env = Envelope("call", service="calc", method="m", args=["slow"], deadline=time.time() + 20)
+    await client.t.send(env)
+    assert client.t.stats["direct_calls"] >= 1
+    await asyncio.sleep(0.1)
+    await node.t.unserve("calc")                # the hub stops listing it; it still holds the call
+    answer = await asyncio.wait_for(client.answers.get(), 20)
+    assert answer.re == env.id and answer.kind == "reply" and answer.result == "done"
+    assert client.t.stats["direct_lost"] == 0
+
+
+async def test_a_hung_replica_is_unreachable_by_the_connections_heartbeats(hub, open_client, procs):
+    worker = procs(hub.url + "?heartbeat=0.2", "calc", "hold")
+    await worker.wait_for("ready")
+    client = await open_client()
+    first = Envelope("call", service="calc", method="m", args=["first"], deadline=time.time() + 30)
+    await client.t.send(first)                  # through the hub; fetches the routes
+    await worker.wait_for("got first")
+    deadline = time.monotonic() + 10
+    while True:
+        routes = client.t.direct._routes.get("calc")
+        if routes is not None and routes.replicas and \
+                routes.replicas[0][0].dealer.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+            break
+        assert time.monotonic() < deadline, "no direct route to the worker"
+        await asyncio.sleep(0.05)
+    env = Envelope("call", service="calc", method="m", args=["stuck"], deadline=time.time() + 30)
+    await client.t.send(env)
+    await worker.wait_for("got stuck")
+    worker.p.send_signal(signal.SIGSTOP)        # alive, connected, answering nothing
+    answers = {}
+    while env.id not in answers:
+        answer = await asyncio.wait_for(client.answers.get(), 20)   # not the 30 s deadline
+        answers[answer.re] = answer
+    assert answers[env.id].error["code"] == "unreachable"
+    assert client.t.stats["direct_lost"] == 1
 
 
 @pytest.fixture

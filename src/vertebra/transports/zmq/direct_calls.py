@@ -10,11 +10,13 @@ hub, as before: the first calls to a service (its routes are being fetched), a s
 of whose replicas announced no endpoint, every replica full or not connected, a replica
 that answers REDIRECT (it no longer serves the service).
 
-A replica whose connection drops (its process died or closed) has its calls in flight
-answered UNREACHABLE at once, as the hub answers those of a replica it loses.  Routes are
-fetched again every ``heartbeat`` while the service is called; a replica the hub no longer
-lists (it missed its heartbeats, or left) is forgotten and its calls in flight answered
-UNREACHABLE.  Calls whose caller gave up (past their deadline) are forgotten then too.
+A replica whose connection drops has its calls in flight answered UNREACHABLE at once,
+as the hub answers those of a replica it loses: its process died or closed, or it stopped
+answering the connection's ZMTP heartbeats for ``heartbeat × liveness`` (hung, or its host
+gone).  Routes are fetched again every ``heartbeat`` while the service is called; a replica
+the hub no longer lists gets no new calls, and its connection is closed once the calls it
+holds are answered (a draining node still answers them; so does one a restarted hub has
+not heard from yet).  Calls whose caller gave up (past their deadline) are forgotten then.
 """
 
 from __future__ import annotations
@@ -152,9 +154,15 @@ class DirectCalls:
         replica = self._replicas.get((endpoint, key))
         if replica is not None:
             return replica
+        opts = self.link.opts
         dealer = self.link.socket(zmq.DEALER)
         dealer.setsockopt(zmq.IMMEDIATE, 1)
-        if key and self.link.opts.curve is not None:
+        # the connection's own liveness, as the hub keeps it for its peers: a replica that
+        # stops answering ZMTP pings for heartbeat x liveness (hung, or its host gone) is
+        # disconnected, and its calls in flight answered UNREACHABLE
+        dealer.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(opts.heartbeat * 1000)))
+        dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(opts.heartbeat * opts.liveness * 1000)))
+        if key and opts.curve is not None:
             dealer.curve_serverkey = key.encode("ascii")
         monitor = dealer.get_monitor_socket(_MONITORED)
         dealer.connect(endpoint)
@@ -166,11 +174,13 @@ class DirectCalls:
         return replica
 
     def _forget_unlisted(self) -> None:
+        """Close the connections no route names any more, once their calls in flight are
+        over: a replica the hub stopped listing (it unserved and drains, or the hub
+        restarted and has not heard from it yet) still answers the calls it holds."""
         listed = {id(r) for routes in self._routes.values() for r, _ in routes.replicas}
         for key, replica in list(self._replicas.items()):
-            if id(replica) not in listed:
+            if id(replica) not in listed and not replica.inflight:
                 del self._replicas[key]
-                self._fail(replica, "the replica left (the hub no longer lists it)")
                 self._close_replica(replica)
 
     async def run(self) -> None:
@@ -184,11 +194,11 @@ class DirectCalls:
                     del self._routes[service]
                 else:
                     self._fetch(service, routes)
-            self._forget_unlisted()
             late = time.time() - 1.0
             for replica in self._replicas.values():
                 for msgid in [m for m, (_, dl) in replica.inflight.items() if dl < late]:
                     del replica.inflight[msgid]
+            self._forget_unlisted()
 
     def start(self) -> None:
         """Start the refresh loop."""
