@@ -288,7 +288,7 @@ def main() -> None:
         print(f"{label:36} {mib(ready):>7} {mib(after):>11} {(after - ready) / 1024:>+7.1f} "
               f"{over:>15}   (n={len(pairs)})")
     if why_peers:
-        for _, label in peers:
+        for _, label in servers:
             print(f"{label:36} {'':>7} {'':>11} {'':>7} {'':>15}   {why_peers}")
     for name, why in failed.items():
         print(f"{name:36} failed: {why}")

@@ -16,7 +16,6 @@ failure may lose the last moments.  ``durability="full"`` fsyncs each commit ins
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from typing import Literal
 
@@ -40,6 +39,7 @@ class Spool:
     def __init__(self, path: str, durability: Literal["normal", "full"] = "normal") -> None:
         self.path = path
         self._lock = threading.Lock()
+        import sqlite3  # here, not at the top: a bus without a spool does not carry it
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")

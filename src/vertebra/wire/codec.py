@@ -18,8 +18,6 @@ import json
 import threading
 from typing import Any, Final, Protocol
 
-import msgpack
-
 from .envelope import Envelope, from_wire, to_wire
 from .errors import ProtocolError
 
@@ -208,15 +206,24 @@ _CONTAINER_BYTES: Final = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"
 16/32, map 16/32): a message with at most MAX_DEPTH of them cannot nest too deep."""
 
 _packers = threading.local()
+_msgpack: Any = None
+"""The msgpack module, imported on the first msgpack message: a JSON-only process does
+not carry it."""
 
 
-def _packer() -> msgpack.Packer:
+def _load_msgpack() -> Any:
+    global _msgpack
+    import msgpack
+    _msgpack = msgpack
+    return msgpack
+
+
+def _packer() -> Any:
     """This thread's msgpack Packer (one made per message costs as much as the packing)."""
     try:
-        packer: msgpack.Packer = _packers.packer
-        return packer
+        return _packers.packer
     except AttributeError:
-        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+        packer = _packers.packer = (_msgpack or _load_msgpack()).Packer(use_bin_type=True)
         return packer
 
 
@@ -236,9 +243,10 @@ class MsgpackCodec:
 
     def decode(self, data: bytes) -> Envelope:
         """Parse a msgpack envelope."""
+        mp = _msgpack or _load_msgpack()
         try:
-            obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
-        except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
+            obj = mp.unpackb(data, raw=False, strict_map_key=True)
+        except (ValueError, TypeError, RecursionError, mp.UnpackException) as exc:
             raise ProtocolError(f"not a msgpack envelope: {exc}"[:300]) from None
         if len(data) - len(data.translate(None, _CONTAINER_BYTES)) > MAX_DEPTH:
             try:

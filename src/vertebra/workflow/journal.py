@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -29,10 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..wire.errors import VertebraError
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = ["DEFAULT_JOURNAL", "Journal", "JournalArg", "JournalEntry", "WorkflowBusy", "default_journal"]
 
@@ -222,6 +224,7 @@ class Journal:
         return await asyncio.wrap_future(self._pool.submit(fn, *args))
 
     def _open(self) -> sqlite3.Connection:
+        import sqlite3  # here, not at the top: importing vertebra does not carry it
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]

@@ -15,7 +15,6 @@ import os
 import re
 
 import zmq
-import zmq.auth
 from zmq.utils import z85
 
 __all__ = ["decode_key", "keygen", "load_keypair", "load_public_key"]
@@ -46,6 +45,7 @@ def keygen(path_prefix: str) -> tuple[str, str]:
 
 def load_keypair(path: str) -> tuple[bytes, bytes]:
     """(public, secret) Z85 keys from a secret key file written by :func:`keygen`."""
+    import zmq.auth  # here: a bus without CURVE does not carry it
     public, secret = zmq.auth.load_certificate(path)  # OSError: no such file
     if not public or not secret:
         raise ValueError(f"{path} is not a CURVE secret key file")
@@ -54,6 +54,7 @@ def load_keypair(path: str) -> tuple[bytes, bytes]:
 
 def load_public_key(path: str) -> bytes:
     """The Z85 public key from a key file (public or secret)."""
+    import zmq.auth
     public, _ = zmq.auth.load_certificate(path)   # ValueError: no public-key in it
     return decode_key(public.decode("ascii", "replace"))
 
