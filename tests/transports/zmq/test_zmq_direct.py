@@ -34,7 +34,7 @@ async def warm(client: Client, service: str, replicas: int = 1) -> None:
         await client.call(service, "m", "warm-up")
         r = routes.get(service)
         if r is not None and len(r.replicas) == replicas and all(
-                rep.dealer.getsockopt(zmq.EVENTS) & zmq.POLLOUT for rep, _ in r.replicas):
+                rep.dealer.sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT for rep, _ in r.replicas):
             return
         assert time.monotonic() < deadline, "the routes never came"
         await asyncio.sleep(0.05)
@@ -154,7 +154,7 @@ async def test_a_replica_killed_mid_call_is_unreachable_at_once_not_a_timeout(hu
     while True:                             # the route is in and its connection up
         routes = client.t.direct._routes.get("calc")
         if routes is not None and routes.replicas and \
-                routes.replicas[0][0].dealer.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+                routes.replicas[0][0].dealer.sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
             break
         assert time.monotonic() < deadline, "no direct route to the worker"
         await asyncio.sleep(0.05)
@@ -213,7 +213,7 @@ async def test_a_hung_replica_is_unreachable_by_the_connections_heartbeats(hub, 
     while True:
         routes = client.t.direct._routes.get("calc")
         if routes is not None and routes.replicas and \
-                routes.replicas[0][0].dealer.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+                routes.replicas[0][0].dealer.sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
             break
         assert time.monotonic() < deadline, "no direct route to the worker"
         await asyncio.sleep(0.05)

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -34,7 +34,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import frames as F
 from .options import ZmqOptions
-from .receiving import receive_forever
+from .sockets import LoopSocket
 from .waiters import Waiters, within
 
 __all__ = ["HubLink"]
@@ -65,7 +65,7 @@ class HubLink:
         self._deliver = deliver
         self._rewelcome = rewelcome
         self.ctx: zmq.asyncio.Context | None = None
-        self.dealer: zmq.asyncio.Socket | None = None
+        self.dealer: LoopSocket | None = None
         self._monitor: zmq.asyncio.Socket | None = None
         self.ident = b""
         self.up = False
@@ -83,10 +83,12 @@ class HubLink:
 
     # ---------------------------------------------------------------- sockets
 
-    def socket(self, kind: int) -> zmq.asyncio.Socket:
-        """A socket of ``kind`` set up for this hub (limits, CURVE)."""
+    def socket(self, kind: int) -> zmq.Socket[bytes]:
+        """A plain socket of ``kind`` set up for this hub (limits, CURVE), for a
+        :class:`~.sockets.LoopSocket` (its monitor socket, made by the context, is an
+        asyncio one)."""
         assert self.ctx is not None
-        s = self.ctx.socket(kind)
+        s: zmq.Socket[bytes] = zmq.Socket(self.ctx, kind)
         s.linger = 1000
         s.sndhwm = 100_000
         s.rcvhwm = 100_000
@@ -99,16 +101,18 @@ class HubLink:
         """Connect and wait for the first WELCOME; ConnectionError if it does not come."""
         loop = asyncio.get_running_loop()
         self.ctx = zmq.asyncio.Context()
-        self.dealer = self.socket(zmq.DEALER)
-        self.dealer.setsockopt(zmq.IMMEDIATE, 1)
+        dealer = self.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.IMMEDIATE, 1)
         self.ident = b"vz" + os.urandom(8)
-        self.dealer.setsockopt(zmq.ROUTING_ID, self.ident)
-        self._monitor = self.dealer.get_monitor_socket(_EVENTS)
+        dealer.setsockopt(zmq.ROUTING_ID, self.ident)
+        # an asyncio socket: the context that makes it is an asyncio one
+        self._monitor = cast(zmq.asyncio.Socket, dealer.get_monitor_socket(_EVENTS))
+        self.dealer = LoopSocket(dealer)
         self._opened = loop.create_future()
-        self._tasks = [loop.create_task(receive_forever(self.dealer, self._on_message),
+        self._tasks = [loop.create_task(self.dealer.receive_forever(self._on_message),
                                         name="vertebra-zmq-recv"),
                        loop.create_task(self._monitor_loop(), name="vertebra-zmq-monitor")]
-        self.dealer.connect(self.opts.endpoint)
+        dealer.connect(self.opts.endpoint)
         try:
             welcome = await within(self._opened, self.opts.connect_timeout)
         except TimeoutError:
@@ -141,7 +145,7 @@ class HubLink:
                 await t
         if self._monitor is not None:    # before the context ends: term() waits for it too
             if self.dealer is not None:
-                self.dealer.disable_monitor()
+                self.dealer.sock.disable_monitor()
             self._monitor.close(linger=0)
             self._monitor = None
         if self.dealer is not None:
@@ -170,16 +174,14 @@ class HubLink:
         deadline = time.monotonic() + wait
         while True:
             try:
-                await dealer.send_multipart(frames, flags=zmq.DONTWAIT)
+                dealer.send(frames)
                 return
             except zmq.Again:
                 left = deadline - time.monotonic()
                 if left <= 0 or dealer.closed:
                     raise ConnectionError(f"the zmq hub at {self.opts.endpoint} is not taking "
                                           "messages (not connected, or at its high-water mark)") from None
-                writable = zmq.asyncio.Poller()
-                writable.register(dealer, zmq.POLLOUT)
-                await writable.poll(int(left * 1000) + 1)
+                await dealer.writable(left)
             except zmq.ZMQError as exc:
                 raise ConnectionError(f"zmq send failed: {exc}") from None
 

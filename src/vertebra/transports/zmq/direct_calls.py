@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -39,7 +40,7 @@ from ...wire.envelope import ANSWERS, Envelope
 from ...wire.errors import ProtocolError, wire_error
 from . import frames as F
 from .connection import HubLink
-from .receiving import receive_forever
+from .sockets import LoopSocket
 
 __all__ = ["DirectCalls"]
 
@@ -54,7 +55,7 @@ class _Replica:
     """One node's endpoint (shared by every service it serves) and this bus's calls on it."""
 
     endpoint: str
-    dealer: zmq.asyncio.Socket
+    dealer: LoopSocket
     monitor: zmq.asyncio.Socket
     inflight: dict[bytes, tuple[list[bytes], float]] = field(default_factory=dict)
     """message id -> (its CALL frames, its deadline in epoch seconds; inf for none)."""
@@ -112,7 +113,7 @@ class DirectCalls:
             return False
         routes.turn += 1
         try:
-            await best.dealer.send_multipart(frames, flags=zmq.DONTWAIT)
+            best.dealer.send(frames)
         except zmq.ZMQError:          # Again: not connected (yet, or any more), or full
             return False
         best.inflight[msgid] = (frames, deadline if deadline is not None else float("inf"))
@@ -164,12 +165,14 @@ class DirectCalls:
         dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(opts.heartbeat * opts.liveness * 1000)))
         if key and opts.curve is not None:
             dealer.curve_serverkey = key.encode("ascii")
-        monitor = dealer.get_monitor_socket(_MONITORED)
+        # an asyncio socket: the context that makes it is an asyncio one
+        monitor = cast(zmq.asyncio.Socket, dealer.get_monitor_socket(_MONITORED))
         dealer.connect(endpoint)
-        replica = self._replicas[(endpoint, key)] = _Replica(endpoint, dealer, monitor)
+        replica = self._replicas[(endpoint, key)] = _Replica(endpoint, LoopSocket(dealer), monitor)
         loop = asyncio.get_running_loop()
         answers = functools.partial(self._on_message, replica)
-        replica.tasks = [loop.create_task(receive_forever(dealer, answers), name="vertebra-zmq-direct-recv"),
+        replica.tasks = [loop.create_task(replica.dealer.receive_forever(answers),
+                                          name="vertebra-zmq-direct-recv"),
                          loop.create_task(self._monitor_loop(replica), name="vertebra-zmq-direct-monitor")]
         return replica
 
@@ -226,7 +229,7 @@ class DirectCalls:
         for t in replica.tasks:
             t.cancel()
         with contextlib.suppress(zmq.ZMQError):
-            replica.dealer.disable_monitor()
+            replica.dealer.sock.disable_monitor()
         replica.monitor.close(linger=0)
         replica.dealer.close(linger=0)
 

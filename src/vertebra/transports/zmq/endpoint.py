@@ -34,7 +34,7 @@ from ..base import Incoming
 from . import frames as F
 from .incoming import PARTIAL, answer_body
 from .options import ZmqOptions
-from .receiving import receive_forever
+from .sockets import LoopSocket
 
 __all__ = ["DirectEndpoint", "DirectIncoming"]
 
@@ -82,7 +82,7 @@ class DirectEndpoint:
         self.stats = stats
         self._ctx = ctx
         self._deliver = deliver
-        self._router: zmq.asyncio.Socket | None = None
+        self._router: LoopSocket | None = None
         self._task: asyncio.Task[None] | None = None
         self._auth: Any = None
         self._keys = _Keys()
@@ -95,7 +95,7 @@ class DirectEndpoint:
         if self._router is not None:
             return self.announce
         self.allow(allow)
-        r = self._ctx.socket(zmq.ROUTER)
+        r: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.ROUTER)
         r.linger = 0
         r.sndhwm = r.rcvhwm = 100_000
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -111,11 +111,11 @@ class DirectEndpoint:
         endpoint = r.get_string(zmq.LAST_ENDPOINT)
         if self.opts.direct_host:
             endpoint = f"tcp://{self.opts.direct_host}:{endpoint.rpartition(':')[2]}"
-        self._router = r
+        self._router = router = LoopSocket(r)
         self.announce = {"endpoint": endpoint}
         if self.opts.curve is not None:
             self.announce["key"] = self.opts.curve[1].decode("ascii")
-        self._task = asyncio.get_running_loop().create_task(receive_forever(r, self._on_message),
+        self._task = asyncio.get_running_loop().create_task(router.receive_forever(self._on_message),
                                                             name="vertebra-zmq-direct")
         return self.announce
 
@@ -158,7 +158,7 @@ class DirectEndpoint:
         wait = self.opts.confirm_timeout
         while True:
             try:
-                await r.send_multipart([caller, *frames], flags=zmq.DONTWAIT)
+                r.send([caller, *frames])
                 return
             except zmq.Again:
                 if wait <= 0:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from ...wire.codec import decode
 from ...wire.envelope import Envelope
@@ -28,7 +27,7 @@ from ...wire.topics import literal_prefix, matches
 from ..base import EventHandler
 from . import frames as F
 from .connection import HubLink
-from .receiving import receive_forever
+from .sockets import LoopSocket
 
 __all__ = ["EventLink"]
 
@@ -44,8 +43,8 @@ class EventLink:
         self.link = link
         self._malformed = malformed
         self.stats = stats
-        self.sub: zmq.asyncio.Socket | None = None
-        self.pub: zmq.asyncio.Socket | None = None
+        self.sub: LoopSocket | None = None
+        self.pub: LoopSocket | None = None
         self._endpoints: tuple[str, str] = ("", "")
         self._pubok: asyncio.Future[None] | None = None
         self._syncs: dict[bytes, asyncio.Future[None]] = {}
@@ -54,10 +53,10 @@ class EventLink:
 
     def open(self, welcome: dict[str, Any]) -> None:
         """Make the sockets and connect them to the endpoints in ``welcome``."""
-        self.sub = self.link.socket(zmq.SUB)
-        self.pub = self.link.socket(zmq.PUB)
+        self.sub = LoopSocket(self.link.socket(zmq.SUB))
+        self.pub = LoopSocket(self.link.socket(zmq.PUB))
         self.rewire(welcome)
-        self._task = asyncio.get_running_loop().create_task(receive_forever(self.sub, self._on_event),
+        self._task = asyncio.get_running_loop().create_task(self.sub.receive_forever(self._on_event),
                                                             name="vertebra-zmq-events")
 
     def rewire(self, welcome: dict[str, Any], restarted: bool = False) -> None:
@@ -74,9 +73,9 @@ class EventLink:
         for sock, before, after in ((self.sub, old[0], new[0]), (self.pub, old[1], new[1])):
             if before:
                 with contextlib.suppress(zmq.ZMQError):
-                    sock.disconnect(before)
+                    sock.sock.disconnect(before)
             if after:
-                sock.connect(after)
+                sock.sock.connect(after)
 
     async def close(self) -> None:
         """Stop the SUB loop and close both sockets (before the context ends)."""
@@ -103,7 +102,7 @@ class EventLink:
         if self._pubok is None or not self._pubok.done():
             await self._pub_handshake()
         try:
-            await pub.send_multipart([topic.encode(), body], flags=zmq.DONTWAIT)
+            pub.send([topic.encode(), body])
         except zmq.ZMQError as exc:   # PUB drops at its high-water mark; anything else:
             raise ConnectionError(f"zmq publish failed: {exc}") from None
 
@@ -124,7 +123,7 @@ class EventLink:
                     self._pubok = None
                 raise ConnectionError("the zmq hub does not see our event socket")
             with contextlib.suppress(zmq.Again):
-                await pub.send_multipart([F.EVENT_CONTROL + b"hello", self.link.ident], flags=zmq.DONTWAIT)
+                pub.send([F.EVENT_CONTROL + b"hello", self.link.ident])
             await asyncio.wait([pubok], timeout=_PROBE)
 
     # ---------------------------------------------------------------- subscribing
@@ -135,7 +134,7 @@ class EventLink:
         if sub is None:
             raise ConnectionError("the zmq transport is not connected")
         self._subs.append((pattern, handler))
-        sub.setsockopt(zmq.SUBSCRIBE, literal_prefix(pattern).encode())
+        sub.sock.setsockopt(zmq.SUBSCRIBE, literal_prefix(pattern).encode())
         await self.barrier()
 
     async def barrier(self) -> None:
@@ -148,7 +147,7 @@ class EventLink:
         topic = F.EVENT_CONTROL + b"sync." + token
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._syncs[topic] = fut
-        self.sub.setsockopt(zmq.SUBSCRIBE, topic)
+        self.sub.sock.setsockopt(zmq.SUBSCRIBE, topic)
         deadline = time.monotonic() + self.link.opts.connect_timeout
         try:
             while not fut.done():
@@ -161,7 +160,7 @@ class EventLink:
         finally:
             self._syncs.pop(topic, None)
             if self.sub is not None:
-                self.sub.setsockopt(zmq.UNSUBSCRIBE, topic)
+                self.sub.sock.setsockopt(zmq.UNSUBSCRIBE, topic)
 
     async def _on_event(self, msg: list[bytes]) -> None:
         if len(msg) != 2:
