@@ -105,3 +105,29 @@ async def test_a_send_that_cannot_go_raises_again_at_once(ctx: zmq.asyncio.Conte
         assert not s.getsockopt(zmq.EVENTS) & zmq.POLLOUT
     finally:
         sock.close(0)
+
+
+async def test_confirmations_time_out_in_order_and_answered_ones_do_not() -> None:
+    from vertebra.transports.zmq.waiters import Waiters
+
+    loop = asyncio.get_running_loop()
+    waiters: Waiters[None] = Waiters(timeout=0.2)
+    added = {b"a": loop.time()}
+    first, second = waiters.add(b"a"), waiters.add(b"b")
+    await asyncio.sleep(0.1)
+    added[b"c"] = loop.time()
+    third = waiters.add(b"c")
+    assert waiters.resolve(b"b", None)
+    ended: dict[bytes, float] = {}
+    for key, fut in ((b"a", first), (b"c", third)):
+        fut.add_done_callback(lambda _, key=key: ended.setdefault(key, loop.time()))
+    for fut in (first, third):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(fut, 10)
+    assert second.result() is None
+    assert ended[b"a"] <= ended[b"c"]
+    for key in (b"a", b"c"):                 # not one before its own time
+        assert ended[key] >= added[key] + 0.2 - 0.002
+    for key, fut in ((b"a", first), (b"b", second), (b"c", third)):
+        waiters.discard(key, fut)
+    assert len(waiters) == 0

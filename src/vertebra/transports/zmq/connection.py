@@ -72,7 +72,7 @@ class HubLink:
         """A WELCOME came on the current connection and the hub has not been lost since."""
         self.hub_id: str | None = None
         self.welcome: dict[str, Any] = {}
-        self.confirms: Waiters[None] = Waiters()
+        self.confirms: Waiters[None] = Waiters(timeout=opts.confirm_timeout)
         self.requests: Waiters[list[bytes]] = Waiters()
         self._opened: asyncio.Future[dict[str, Any]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -187,10 +187,10 @@ class HubLink:
 
     async def send_confirmed(self, frames: list[bytes], msgid: bytes) -> None:
         """Send a CAST or TASK and wait (bounded) until the hub holds it (QUEUED)."""
-        fut = self.confirms.add(msgid)
+        fut = self.confirms.add(msgid)            # fails with TimeoutError in confirm_timeout
         try:
             await self.send(frames)
-            await within(fut, self.opts.confirm_timeout)
+            await fut
         except TimeoutError:
             self.stats["confirm_timeouts"] += 1
             raise ConnectionError(f"the zmq hub did not confirm {msgid.decode(errors='replace')} "
