@@ -35,6 +35,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from ...eager import start_eagerly
 from ...wire.codec import decode
 from ...wire.envelope import ANSWERS, Envelope
 from ...wire.errors import ProtocolError, wire_error
@@ -171,9 +172,8 @@ class DirectCalls:
         replica = self._replicas[(endpoint, key)] = _Replica(endpoint, LoopSocket(dealer), monitor)
         loop = asyncio.get_running_loop()
         answers = functools.partial(self._on_message, replica)
-        replica.tasks = [loop.create_task(replica.dealer.receive_forever(answers),
-                                          name="vertebra-zmq-direct-recv"),
-                         loop.create_task(self._monitor_loop(replica), name="vertebra-zmq-direct-monitor")]
+        replica.dealer.on_message(answers)
+        replica.tasks = [loop.create_task(self._monitor_loop(replica), name="vertebra-zmq-direct-monitor")]
         return replica
 
     def _forget_unlisted(self) -> None:
@@ -243,7 +243,7 @@ class DirectCalls:
 
     # ---------------------------------------------------------------- answers
 
-    async def _on_message(self, replica: _Replica, msg: list[bytes]) -> None:
+    def _on_message(self, replica: _Replica, msg: list[bytes]) -> None:
         try:
             cmd, args = F.parse(msg, F.DIRECT_ANSWERS)
         except F.FrameError as exc:
@@ -252,7 +252,7 @@ class DirectCalls:
         if cmd == F.REDIRECT:
             flight = replica.inflight.pop(args[0], None)
             if flight is not None:
-                await self._via_hub(args[0], flight[0])
+                start_eagerly(self._via_hub(args[0], flight[0]), self._tasks)
             return
         try:
             env = decode(args[0])

@@ -28,6 +28,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from ...eager import start_eagerly
 from ...wire.codec import Codec
 from ...wire.envelope import Envelope
 from ..base import Incoming
@@ -83,7 +84,8 @@ class DirectEndpoint:
         self._ctx = ctx
         self._deliver = deliver
         self._router: LoopSocket | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._serving: set[asyncio.Task[None]] = set()
+        """Deliveries that had to wait (started eagerly; most never do)."""
         self._auth: Any = None
         self._keys = _Keys()
         stats.update({"direct_served": 0, "direct_redirects_sent": 0, "direct_dropped": 0})
@@ -115,8 +117,7 @@ class DirectEndpoint:
         self.announce = {"endpoint": endpoint}
         if self.opts.curve is not None:
             self.announce["key"] = self.opts.curve[1].decode("ascii")
-        self._task = asyncio.get_running_loop().create_task(router.receive_forever(self._on_message),
-                                                            name="vertebra-zmq-direct")
+        router.on_message(self._on_message)
         return self.announce
 
     def allow(self, keys: list[str] | None) -> None:
@@ -137,14 +138,15 @@ class DirectEndpoint:
 
     async def close(self) -> None:
         """Stop taking calls and close the ROUTER (answers not yet sent are dropped)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         if self._router is not None:
             self._router.close(linger=0)
             self._router = None
+        serving, self._serving = self._serving, set()
+        for task in serving:
+            task.cancel()
+        for task in serving:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -176,7 +178,10 @@ class DirectEndpoint:
         self.stats["direct_redirects_sent"] += 1
         await self.send(caller, [_H_REDIRECT, msgid])
 
-    async def _on_message(self, msg: list[bytes]) -> None:
+    def _on_message(self, msg: list[bytes]) -> None:
+        start_eagerly(self._serve(msg), self._serving)
+
+    async def _serve(self, msg: list[bytes]) -> None:
         caller = msg[0]
         try:
             _, args = F.parse(msg[1:], F.DIRECT_CALLS)
