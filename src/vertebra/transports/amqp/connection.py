@@ -1,10 +1,13 @@
 """One py-amqp connection driven by the asyncio loop, with heartbeats and reconnection.
 
 py-amqp is a blocking client.  Here its socket is registered with the event loop
-(``loop.add_reader``): when the socket is readable the loop thread reads whole frames
-with ``drain_events(timeout=0)`` (py-amqp keeps a partial frame in its buffer and
-raises ``socket.timeout`` when nothing more is there), and py-amqp dispatches them to
-the callbacks the transport registered, on the loop thread.  Writes are py-amqp's own
+(``loop.add_reader``): when the socket is readable the loop thread reads what is there
+and hands every whole frame to py-amqp's frame handler, which dispatches it to the
+callbacks the transport registered, on the loop thread.  On plain TCP that is one
+``read`` per wake-up into :class:`_GulpRecv`, whose frames are cut out here (a partial
+frame stays there for the next wake-up, or for py-amqp's own reads); on TLS it is
+``drain_events(timeout=0)`` per frame (py-amqp keeps a partial frame in its buffer and
+raises ``socket.timeout`` when nothing more is there).  Writes are py-amqp's own
 ``sendall`` on the loop thread.  Only the TCP/TLS/AMQP handshake runs in a worker thread.
 Measured against one I/O thread per connection handing frames across with
 ``call_soon_threadsafe`` (see docs/transports/amqp.md), this saves two thread hops per
@@ -13,11 +16,15 @@ round trip and the GIL ping-pong between them.
 What may block the loop briefly: the synchronous declarations (queue/exchange declare,
 basic.consume, basic.qos) at serve/subscribe time and after a reconnect — one broker round
 trip each — a write to a socket whose kernel buffer is full, and a frame that arrived in
-part (py-amqp waits for its rest).  Every such wait is bounded by the socket timeout
-(``max(10 s, connect_timeout)``); past it the connection counts as lost.  Writes made
-during one loop step are coalesced into one ``sendall``.  A broker that blocks
-publishers (``connection.blocked``, memory or disk alarm) is honoured: :attr:`writable`
-is cleared until ``connection.unblocked``.
+part on TLS (py-amqp waits for its rest).  Every such wait is bounded by the socket
+timeout (``max(10 s, connect_timeout)``); past it the connection counts as lost.  Writes
+are coalesced: those made while frames are handled go out in one ``sendall`` at the end
+of that read; elsewhere the first write since the last read goes out at once (a lone
+call does not wait for the next loop iteration) and later ones together at the end of
+their loop step.  On plain TCP a ``sendall`` is first tried as one non-blocking
+``write`` (no ``poll`` before it); only what the kernel did not take waits.  A broker
+that blocks publishers (``connection.blocked``, memory or disk alarm) is honoured:
+:attr:`writable` is cleared until ``connection.unblocked``.
 
 On loss (socket error, missed heartbeats, a channel or connection exception) every
 handle is dropped, ``on_down`` runs, and the connection is re-opened with vertebra's one
@@ -33,8 +40,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from amqp.exceptions import UnexpectedFrame
+from amqp.transport import TCPTransport
 
 from ...backoff import Backoff
 from .dial import connect_any
@@ -47,16 +59,25 @@ log = logging.getLogger("vertebra.transports.amqp")
 _MAX_FRAMES_PER_WAKEUP = 512
 
 
+_FRAME_HEADER = struct.Struct(">BHI")   # type, channel, payload size
+_FRAME_END = 0xCE
+
+
 class _GulpRecv:
     """``sock.recv`` for py-amqp's TCP transport that reads up to 64 KiB at once and hands
     it out in the small pieces py-amqp asks for (a frame header, then its payload): about
-    one syscall per wake-up instead of two per frame.  Bytes it holds are consumed by the
-    same ``drain_events`` loop, which ends only when the real socket has nothing left."""
+    one syscall per wake-up instead of two per frame.
 
-    __slots__ = ("_buf", "_pos", "_recv")
+    The loop's reader takes whole frames from the same buffer (:meth:`fill`,
+    :meth:`next_frame`), so bytes read ahead by one side are never lost to the other:
+    py-amqp's own blocking reads (a declaration waiting for its answer) and the loop's
+    non-blocking ones share one stream."""
 
-    def __init__(self, recv: Callable[[int], bytes]) -> None:
+    __slots__ = ("_buf", "_fd", "_pos", "_recv")
+
+    def __init__(self, recv: Callable[[int], bytes], fd: int = -1) -> None:
         self._recv = recv
+        self._fd = fd
         self._buf = b""
         self._pos = 0
 
@@ -70,6 +91,61 @@ class _GulpRecv:
         out = buf[pos:pos + n]
         self._pos = pos + len(out)
         return out
+
+    def fill(self) -> bool:
+        """One non-blocking ``read`` of what the socket holds, kept after any partial frame;
+        False when there was nothing.  OSError when the broker closed the connection."""
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return False
+        if not data:
+            raise ConnectionResetError("the broker closed the connection")
+        rest = self._buf[self._pos:]
+        self._buf = rest + data if rest else data
+        self._pos = 0
+        return True
+
+    def next_frame(self) -> tuple[int, int, bytes] | None:
+        """The next whole frame held (type, channel, payload), or None until more is read;
+        UnexpectedFrame when the stream is not AMQP framing."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 7:
+            return None
+        kind, channel, size = _FRAME_HEADER.unpack_from(buf, pos)
+        end = pos + 8 + size
+        if end > len(buf):
+            return None
+        if buf[end - 1] != _FRAME_END:
+            raise UnexpectedFrame(f"bad frame end byte {buf[end - 1]:#x}")
+        self._pos = end
+        return kind, channel, buf[pos + 7:end - 1]
+
+
+def _gone(data: Any) -> None:
+    """The write of a connection that is gone (its descriptor may be reused already)."""
+    raise ConnectionResetError("amqp connection is closed")
+
+
+class _WriteFirst:
+    """``sock.sendall`` for plain TCP that first tries one non-blocking ``write`` of the
+    whole buffer: a socket with a timeout polls before every send, and the kernel buffer
+    almost always has room.  What it did not take goes through ``sendall`` (bounded by
+    the socket timeout)."""
+
+    __slots__ = ("_fd", "_sendall")
+
+    def __init__(self, fd: int, sendall: Callable[[Any], None]) -> None:
+        self._fd = fd
+        self._sendall = sendall
+
+    def __call__(self, data: Any) -> None:
+        try:
+            n = os.write(self._fd, data)
+        except BlockingIOError:
+            n = 0
+        if n < len(data):
+            self._sendall(memoryview(data)[n:])
 
 
 class LoopConnection:
@@ -99,9 +175,12 @@ class LoopConnection:
         self.up_event = asyncio.Event()
         self.after_read: Callable[[], None] = lambda: None
         self._wbuf: list[bytes] = []
-        self._sendall: Callable[[bytes], None] = lambda data: None
+        self._sendall: Callable[[Any], None] = _gone
         self._direct = 0
         self._flush_scheduled = False
+        self._reading = False
+        self._sent_at_once = False
+        self._gulp: _GulpRecv | None = None
 
     @property
     def up(self) -> bool:
@@ -140,8 +219,16 @@ class LoopConnection:
         self._wbuf.clear()
         self._sendall = conn.transport._write
         conn.transport._write = self._buffered_write
-        if hasattr(conn.transport, "_quick_recv"):   # plain TCP: read in 64 KiB gulps
-            conn.transport._quick_recv = _GulpRecv(conn.transport._quick_recv)
+        self._gulp = None
+        if hasattr(conn.transport, "_quick_recv"):   # read in 64 KiB gulps
+            gulp = _GulpRecv(conn.transport._quick_recv, self._fd)
+            conn.transport._quick_recv = gulp
+            if isinstance(conn.transport, TCPTransport):   # not TLS: the descriptor itself
+                # A socket with a timeout is non-blocking underneath (Python waits with
+                # poll): said outright, since the loop reads and writes the descriptor.
+                os.set_blocking(self._fd, False)
+                self._gulp = gulp
+                self._sendall = _WriteFirst(self._fd, self._sendall)
         self._loop.add_reader(self._fd, self.readable)
         self.writable.set()
         try:
@@ -164,42 +251,88 @@ class LoopConnection:
     def readable(self) -> None:
         """Read every complete frame available now, then hand the deliveries over.
 
-        py-amqp runs its callbacks inside ``drain_events(timeout=0)``, while the socket is
-        in non-blocking mode; the transport's callbacks only collect, and ``after_read``
-        (called once the socket is blocking again) does the work.
+        py-amqp runs its callbacks while the frames are read; the transport's callbacks
+        only collect, and ``after_read`` does the work.  Frames come from one read of the
+        socket (plain TCP: :meth:`_read_frames`) or from ``drain_events(timeout=0)`` (TLS,
+        whose own buffer may hold more than the socket shows).  What is written meanwhile
+        goes out in one ``sendall`` before the handlers run and one after.
         """
         conn = self.conn
         if conn is None:
             return
         more = False
+        self._reading = True
+        self._sent_at_once = False
         try:
-            for _ in range(_MAX_FRAMES_PER_WAKEUP):
-                try:
-                    conn.drain_events(timeout=0)
-                except TimeoutError:   # socket.timeout: nothing more to read
-                    break
-                if conn is not self.conn:
-                    break
-            else:
-                more = True
+            more = self._read_frames(conn) if self._gulp is not None else self._drain(conn)
         except Exception as exc:
             if conn is self.conn:
                 self.lost(exc)
         finally:
-            self.flush()       # acks sent from confirm callbacks go before any handler runs
-            self.after_read()
-            self.flush()   # answers and acks written while handling: one sendall, now
-        if more and self._loop is not None:   # more may be buffered (TLS): come back soon
+            try:
+                self.flush()       # acks sent from confirm callbacks go before any handler runs
+                self.after_read()
+            finally:
+                self._reading = False
+                self.flush()   # answers and acks written while handling: one sendall, now
+        if more and self._loop is not None:   # more may be buffered: come back soon
             self._loop.call_soon(self.readable)
 
-    # -- writing: frames written in one loop step go out in one sendall ---------------------
+    def _read_frames(self, conn: Any) -> bool:
+        """Hand py-amqp every whole frame held and read once (level-triggered: a socket
+        with more to read wakes the loop again); True when the frame limit cut it short."""
+        gulp = self._gulp
+        assert gulp is not None
+        if conn.transport._read_buffer:   # py-amqp kept part of a frame itself: its way
+            return self._drain(conn)
+        on_frame = conn.on_inbound_frame
+        filled = False
+        for _ in range(_MAX_FRAMES_PER_WAKEUP):
+            frame = gulp.next_frame()
+            if frame is None:
+                if filled or not gulp.fill():
+                    return False
+                filled = True
+                continue
+            on_frame(frame)
+            if conn is not self.conn:
+                return False
+        return True
+
+    def _drain(self, conn: Any) -> bool:
+        """``drain_events(timeout=0)`` until nothing is left (TLS); True when cut short."""
+        for _ in range(_MAX_FRAMES_PER_WAKEUP):
+            try:
+                conn.drain_events(timeout=0)
+            except TimeoutError:   # socket.timeout: nothing more to read
+                return False
+            if conn is not self.conn:
+                return False
+        return True
+
+    # -- writing: coalesced into few sendalls, the first of a step at once -----------------
 
     def _buffered_write(self, data: Any) -> None:
+        """py-amqp's ``_write``: at once inside :meth:`direct` and for the first write since
+        the last read; else kept for the ``sendall`` at the end of the read or of the step."""
         if self._direct:
             self._flush_now()
             self._sendall(data)
             return
-        self._wbuf.append(bytes(data))   # py-amqp hands over a view of a reused buffer
+        if self._reading:   # readable() flushes when the frames are handled
+            self._wbuf.append(bytes(data))   # py-amqp hands over a view of a reused buffer
+            return
+        if not self._sent_at_once and not self._wbuf:
+            # the first write since the last read (a lone call, the first of a burst): no
+            # reason to wait for the end of the step; the rest of a burst waits for it
+            self._sent_at_once = True
+            try:
+                self._sendall(data)
+            except Exception as exc:
+                self.lost(exc)
+                raise
+            return
+        self._wbuf.append(bytes(data))
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)
@@ -266,6 +399,7 @@ class LoopConnection:
             self._loop.remove_reader(self._fd)
         self._fd = None
         self._wbuf.clear()
+        self._sendall = _gone
         with contextlib.suppress(Exception):
             conn.collect()
         if not self._closed:
@@ -323,6 +457,7 @@ class LoopConnection:
         self._direct += 1
         with contextlib.suppress(Exception):
             self._flush_now()
+        self._sendall = _gone
 
         def shut() -> None:
             with contextlib.suppress(Exception):
