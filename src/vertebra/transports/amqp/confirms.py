@@ -8,6 +8,8 @@ broker's ``basic.ack`` resolves (``basic.nack``: ConnectionError).  Every wait i
   confirm fails at once with ConnectionError;
 * no confirm within ``confirm_timeout`` seconds (a broker that blocks publishers, a link
   that went silent before heartbeats notice): that send fails with ConnectionError.
+  Each pending confirm keeps its deadline, and one timer (:meth:`Confirms._sweep`) fails
+  the overdue ones, oldest first, instead of a timer per publish.
 
 Either way the message may or may not be on the broker; the outbox sends it again
 (at-least-once: a duplicate is possible, a loss is not).  A late confirm for a tag that
@@ -39,7 +41,8 @@ from .link import Link
 
 __all__ = ["Confirms"]
 
-_Pending = dict[int, tuple[asyncio.Future[None], Callable[[], None] | None]]
+_Pending = dict[int, tuple[asyncio.Future[None], Callable[[], None] | None, float]]
+"""delivery tag -> (the send's future, what runs on its ack, its deadline in loop time)."""
 
 
 class _Window:
@@ -70,6 +73,7 @@ class Confirms:
         self._win: _Window | None = None
         self._retired: list[_Window] = []
         self._renewing = False
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def attach(self, ch: Any) -> None:
         """Put ``ch`` (the new connection's confirm channel) in confirm mode."""
@@ -111,10 +115,13 @@ class Confirms:
             then = _unless_returned(win, message_id, then)
         tag = win.next_tag
         win.next_tag += 1
-        fut: asyncio.Future[None] = link.loop.create_future()
-        win.pending[tag] = (fut, then)
-        # call_later, not asyncio.timeout: a send may run outside a task (started eagerly)
-        timer = link.loop.call_later(link.opts.confirm_timeout, self._expire, fut)
+        loop = link.loop
+        fut: asyncio.Future[None] = loop.create_future()
+        deadline = loop.time() + link.opts.confirm_timeout
+        win.pending[tag] = (fut, then, deadline)
+        # a loop timer, not asyncio.timeout: a send may run outside a task (started eagerly)
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(deadline, self._sweep)
         try:
             link.guard(link.publish, win.ch, body, exchange, key, **props)
             await fut
@@ -122,7 +129,6 @@ class Confirms:
             if why is not None:
                 raise ConnectionError(f"amqp: message {message_id} returned: {why}")
         finally:
-            timer.cancel()
             if message_id:
                 win.returned.pop(message_id, None)
             entry = win.pending.get(tag)
@@ -135,19 +141,40 @@ class Confirms:
             if win is not self._win and not win.pending:
                 link.loop.call_soon(self._close_retired)
 
-    def _expire(self, fut: asyncio.Future[None]) -> None:
-        if not fut.done():
-            self._link.stats["confirm_timeouts"] += 1
-            fut.set_exception(ConnectionError(f"amqp: no confirm from the broker within "
-                                              f"{self._link.opts.confirm_timeout:g}s"))
+    def _sweep(self) -> None:
+        """Fail every send whose confirm is overdue, then wait for the next deadline.
+
+        Tags are handed out in order with one ``confirm_timeout``, so each window's pending
+        confirms are in deadline order: the sweep stops at the first one still in time."""
+        link = self._link
+        self._sweeper = None
+        assert link.loop is not None
+        now = link.loop.time()
+        soonest: float | None = None
+        for win in (self._win, *self._retired):
+            if win is None:
+                continue
+            for fut, _, deadline in win.pending.values():
+                if deadline > now:
+                    soonest = deadline if soonest is None else min(soonest, deadline)
+                    break
+                if not fut.done():
+                    link.stats["confirm_timeouts"] += 1
+                    fut.set_exception(ConnectionError(f"amqp: no confirm from the broker "
+                                                      f"within {link.opts.confirm_timeout:g}s"))
+        if soonest is not None:
+            self._sweeper = link.loop.call_at(soonest, self._sweep)
 
     def fail_all(self, exc: BaseException) -> None:
         """The confirm channel is gone: every send waiting for a confirm fails with ``exc``."""
         windows = [w for w in (self._win, *self._retired) if w is not None]
         self._win, self._retired = None, []
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for win in windows:
             pending, win.pending = win.pending, {}
-            for fut, _ in pending.values():
+            for fut, _, _ in pending.values():
                 if not fut.done():
                     fut.set_exception(exc)
 
@@ -188,11 +215,18 @@ class Confirms:
 
     def _settle(self, win: _Window, tag: int, multiple: bool, exc: BaseException | None) -> None:
         pending = win.pending
-        for t in [t for t in pending if t <= tag] if multiple else [tag]:
+        tags = [tag]
+        if multiple:   # pending is in tag order: stop at the first tag above this one
+            tags = []
+            for t in pending:
+                if t > tag:
+                    break
+                tags.append(t)
+        for t in tags:
             entry = pending.pop(t, None)
             if entry is None or entry[0].done():
                 continue
-            fut, then = entry
+            fut, then, _ = entry
             if exc is not None:
                 fut.set_exception(exc)
                 continue

@@ -74,7 +74,7 @@ class AmqpIncoming(Incoming):
         try:
             ch = self._channel()
             if ch is not None:
-                self._serving.link.guard(ch.basic_ack, self._tag)
+                self._serving.link.guard(self._serving.link.ack, ch, self._tag)
         finally:
             self._finish()
 
@@ -102,7 +102,7 @@ class AmqpIncoming(Incoming):
                 log.warning("amqp: dropped cast %s to %s.%s: %s", env.id, env.service, env.method,
                             (error or {}).get("message", "rejected by its node"))
                 self._serving.link.stats["dropped"] += 1
-                self._serving.link.guard(ch.basic_ack, self._tag)
+                self._serving.link.guard(self._serving.link.ack, ch, self._tag)
                 return
             await self._serving.bury(self, error)   # acks us once the dead copy is confirmed
         finally:
@@ -124,6 +124,6 @@ class AmqpIncoming(Incoming):
         ch = self._channel()
         if ch is not None:
             try:
-                ch.basic_ack(self._tag)
+                self._serving.link.ack(ch, self._tag)
             except Exception as exc:   # the connection is going: the original comes back
                 self._serving.link.conn.lost(exc)

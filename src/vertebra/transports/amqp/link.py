@@ -22,10 +22,11 @@ from ...wire.codec import Codec
 from ...wire.envelope import Envelope
 from ...wire.errors import ProtocolError, wire_error
 from .connection import LoopConnection
+from .frames import ack_frame, publish_frames
 from .options import AmqpOptions
 from .topology import DELAY_LEASE_MS, Topology, priority_mismatch
 
-__all__ = ["LIBRARY_ERRORS", "Link", "body_of"]
+__all__ = ["LIBRARY_ERRORS", "Link", "body_of", "send_publish"]
 
 log = logging.getLogger("vertebra.transports.amqp")
 
@@ -34,6 +35,22 @@ LIBRARY_ERRORS = (OSError, amqp.exceptions.AMQPError, amqp.exceptions.Recoverabl
 """What py-amqp raises when a connection or channel is gone."""
 
 _BLOCKED_WAIT = 5.0   # seconds a send waits for a broker that blocks publishers
+
+
+_PUBLISH_ARGS = "Bssbb"   # basic.publish: reserved, exchange, routing key, mandatory, immediate
+
+
+def send_publish(ch: Any, msg: Any, exchange: str, key: str, mandatory: bool = False) -> None:
+    """Write ``basic.publish`` of ``msg`` on ``ch`` (its method, header and body frames).
+
+    What py-amqp's ``basic_publish`` writes, without the ``drain_events(timeout=0)`` it
+    runs first on every publish to notice ``connection.blocked`` (a socket read and two
+    timeout changes, each a syscall): here the loop's reader watches the socket all the
+    time and sees ``connection.blocked`` as it comes (:mod:`.connection`)."""
+    if not ch.connection:
+        raise amqp.exceptions.RecoverableConnectionError("basic_publish: connection closed")
+    ch.send_method(amqp.spec.Basic.Publish, _PUBLISH_ARGS, (0, exchange, key, mandatory, False),
+                   msg)
 
 
 def body_of(msg: Any) -> bytes:
@@ -131,8 +148,23 @@ class Link:
                 mandatory: bool = False, **props: Any) -> None:
         """``basic.publish`` of ``body`` with ``props`` (content_type: the codec's)."""
         props.setdefault("content_type", self.codec.content_type)
-        ch.basic_publish(amqp.Message(body, **props), exchange=exchange, routing_key=key,
-                         mandatory=mandatory)
+        conn = ch.connection
+        frames = (publish_frames(ch.channel_id, exchange, key, mandatory, body, props,
+                                 conn.frame_max) if conn else None)
+        if frames is None:   # properties only py-amqp encodes (or a channel already gone)
+            send_publish(ch, amqp.Message(body, **props), exchange, key, mandatory)
+            return
+        conn.transport.write(frames)
+        conn.bytes_sent += 1   # py-amqp's count of frames written, for its heartbeats
+
+    @staticmethod
+    def ack(ch: Any, tag: int) -> None:
+        """``basic.ack`` of delivery ``tag`` on ``ch`` (one frame, packed here)."""
+        conn = ch.connection
+        if not conn:
+            raise amqp.exceptions.RecoverableConnectionError("basic_ack: connection closed")
+        conn.transport.write(ack_frame(ch.channel_id, tag))
+        conn.bytes_sent += 1   # py-amqp's count of frames written, for its heartbeats
 
     def encode(self, env: Envelope) -> bytes:
         """Encode ``env``; ProtocolError when it is larger than ``max_message``."""
