@@ -257,6 +257,7 @@ async def test_calls_events_and_discovery_go_on_while_a_broker_node_is_down(clus
                 result = f"{type(exc).__name__}: {exc}"
             outcomes.append((name, t0, time.monotonic() - t0, result))
 
+    call_q = Topology(prefix_of(cluster_ns("jobs"))).call_queue("jobs")
     lanes = [asyncio.ensure_future(lane(n, b)) for n, b in
              (("a", caller_a), ("a", caller_a), ("a", caller_a), ("b", caller_b), ("b", caller_b))]
     try:
@@ -285,9 +286,15 @@ async def test_calls_events_and_discovery_go_on_while_a_broker_node_is_down(clus
             assert caller_b.publish("live.n", 1000 + n) is not None
             await asyncio.sleep(0.05)
         evented = time.monotonic() - killed_at
-        await eventually(lambda: answered_since("a", moved) >= 20 and answered_since("b", moved) >= 20,
-                         what="calls answered after the failover, node still down")
-        call_q = Topology(prefix_of(cluster_ns("jobs"))).call_queue("jobs")
+        try:
+            await eventually(lambda: answered_since("a", moved) >= 20 and answered_since("b", moved) >= 20,
+                             what="calls answered after the failover, node still down")
+        except AssertionError as exc:      # say what the calls got instead
+            since = {name: dict(collections.Counter(o[3] for o in outcomes if o[0] == name and o[1] > moved))
+                     for name in ("a", "b")}
+            now_consuming = await asyncio.to_thread(consumers, cluster, call_q)
+            raise AssertionError(f"{exc}; outcomes since the failover: {since}; "
+                                 f"consumers of the call queue: {now_consuming}") from None
         assert await asyncio.to_thread(consumers, cluster, call_q) == 2    # both replicas
         assert not cluster.nodes[victim].alive               # all of that with the node down
     finally:
