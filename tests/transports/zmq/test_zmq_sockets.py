@@ -55,7 +55,7 @@ async def test_both_ends_send_and_receive_at_once_and_every_message_arrives(ctx:
         return handle
 
     b.send([b"hello"])                      # a (the bound end) has a peer once this is in
-    assert await asyncio.wait_for(a.recv(), 10) == [b"hello"]
+    assert await asyncio.wait_for(first_message(a), 10) == [b"hello"]
     tasks = [asyncio.create_task(a.receive_forever(receiver("a", a))),
              asyncio.create_task(b.receive_forever(receiver("b", b)))]
 
@@ -78,15 +78,58 @@ async def test_both_ends_send_and_receive_at_once_and_every_message_arrives(ctx:
         b.close(0)
 
 
-async def test_recv_waits_for_a_message_and_returns_all_its_frames(ctx: zmq.asyncio.Context) -> None:
+async def first_message(sock: LoopSocket) -> list[bytes]:
+    """The next message ``sock`` receives (its receive loop, stopped after one)."""
+    got: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+
+    async def handle(msg: list[bytes]) -> None:
+        if not got.done():
+            got.set_result(msg)
+
+    reading = asyncio.create_task(sock.receive_forever(handle))
+    try:
+        return await got
+    finally:
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+
+
+async def test_a_waiting_reader_gets_a_message_with_all_its_frames(ctx: zmq.asyncio.Context) -> None:
     a_sock, b_sock = _pair(ctx)
     a, b = LoopSocket(a_sock), LoopSocket(b_sock)
     try:
-        later = asyncio.create_task(b.recv())
+        later = asyncio.create_task(first_message(b))
         await asyncio.sleep(0.05)
         assert not later.done()
         a.send([b"one", b"", b"three" * 1000])
         assert await asyncio.wait_for(later, 10) == [b"one", b"", b"three" * 1000]
+    finally:
+        a.close(0)
+        b.close(0)
+
+
+async def test_a_handler_in_the_reader_callback_gets_every_message_in_order(
+        ctx: zmq.asyncio.Context) -> None:
+    a_sock, b_sock = _pair(ctx)
+    a, b = LoopSocket(a_sock), LoopSocket(b_sock)
+    got: list[int] = []
+    done = asyncio.Event()
+
+    def handle(msg: list[bytes]) -> None:
+        got.append(int(msg[0]))
+        if int(msg[0]) % 7 == 0:
+            a.send([b"-1"])                 # a send from inside the callback: no re-entry
+        if len(got) == N:
+            done.set()
+
+    a.on_message(handle)             # a is the bound end: b sends, a reads
+    try:
+        for i in range(N):
+            b.send([str(i).encode()])
+            if i % 100 == 0:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(done.wait(), 20)
+        assert got == list(range(N))
     finally:
         a.close(0)
         b.close(0)

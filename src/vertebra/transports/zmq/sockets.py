@@ -88,12 +88,6 @@ class LoopSocket:
         finally:
             self._writable = None
 
-    async def recv(self) -> list[bytes]:
-        """The next multipart message."""
-        while not self._events(_EVENTS) & _POLLIN:
-            await self._wait_readable()
-        return self._take()
-
     async def receive_forever(self, handle: Callable[[list[bytes]], Awaitable[None]]) -> None:
         """Hand every message to ``handle``, in order, until cancelled; a burst is taken in
         one wake-up (up to :data:`DRAIN` messages, then the loop's other work goes first)."""
