@@ -8,8 +8,8 @@ broker's ``basic.ack`` resolves (``basic.nack``: ConnectionError).  Every wait i
   confirm fails at once with ConnectionError;
 * no confirm within ``confirm_timeout`` seconds (a broker that blocks publishers, a link
   that went silent before heartbeats notice): that send fails with ConnectionError.
-  Each pending confirm keeps its deadline, and one timer (:meth:`Confirms._sweep`) fails
-  the overdue ones, oldest first, instead of a timer per publish.
+  One timer fails the overdue ones, oldest first (:class:`~vertebra.expiries.Expiries`),
+  instead of a timer per publish.
 
 Either way the message may or may not be on the broker; the outbox sends it again
 (at-least-once: a duplicate is possible, a loss is not).  A late confirm for a tag that
@@ -37,12 +37,13 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from ...expiries import Expiries
 from .link import Link
 
 __all__ = ["Confirms"]
 
-_Pending = dict[int, tuple[asyncio.Future[None], Callable[[], None] | None, float]]
-"""delivery tag -> (the send's future, what runs on its ack, its deadline in loop time)."""
+_Pending = dict[int, tuple[asyncio.Future[None], Callable[[], None] | None]]
+"""delivery tag -> (the send's future, what runs on its ack)."""
 
 
 class _Window:
@@ -73,7 +74,7 @@ class Confirms:
         self._win: _Window | None = None
         self._retired: list[_Window] = []
         self._renewing = False
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._expiries = Expiries(link.opts.confirm_timeout, self._timed_out)
 
     def attach(self, ch: Any) -> None:
         """Put ``ch`` (the new connection's confirm channel) in confirm mode."""
@@ -115,13 +116,9 @@ class Confirms:
             then = _unless_returned(win, message_id, then)
         tag = win.next_tag
         win.next_tag += 1
-        loop = link.loop
-        fut: asyncio.Future[None] = loop.create_future()
-        deadline = loop.time() + link.opts.confirm_timeout
-        win.pending[tag] = (fut, then, deadline)
-        # a loop timer, not asyncio.timeout: a send may run outside a task (started eagerly)
-        if self._sweeper is None:
-            self._sweeper = loop.call_at(deadline, self._sweep)
+        fut: asyncio.Future[None] = link.loop.create_future()
+        win.pending[tag] = (fut, then)
+        self._expiries.add(fut)
         try:
             link.guard(link.publish, win.ch, body, exchange, key, **props)
             await fut
@@ -141,40 +138,19 @@ class Confirms:
             if win is not self._win and not win.pending:
                 link.loop.call_soon(self._close_retired)
 
-    def _sweep(self) -> None:
-        """Fail every send whose confirm is overdue, then wait for the next deadline.
-
-        Tags are handed out in order with one ``confirm_timeout``, so each window's pending
-        confirms are in deadline order: the sweep stops at the first one still in time."""
-        link = self._link
-        self._sweeper = None
-        assert link.loop is not None
-        now = link.loop.time()
-        soonest: float | None = None
-        for win in (self._win, *self._retired):
-            if win is None:
-                continue
-            for fut, _, deadline in win.pending.values():
-                if deadline > now:
-                    soonest = deadline if soonest is None else min(soonest, deadline)
-                    break
-                if not fut.done():
-                    link.stats["confirm_timeouts"] += 1
-                    fut.set_exception(ConnectionError(f"amqp: no confirm from the broker "
-                                                      f"within {link.opts.confirm_timeout:g}s"))
-        if soonest is not None:
-            self._sweeper = link.loop.call_at(soonest, self._sweep)
+    def _timed_out(self) -> ConnectionError:
+        """The error of a send whose confirm did not come in time (counted)."""
+        self._link.stats["confirm_timeouts"] += 1
+        return ConnectionError(f"amqp: no confirm from the broker within "
+                               f"{self._link.opts.confirm_timeout:g}s")
 
     def fail_all(self, exc: BaseException) -> None:
         """The confirm channel is gone: every send waiting for a confirm fails with ``exc``."""
         windows = [w for w in (self._win, *self._retired) if w is not None]
         self._win, self._retired = None, []
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
         for win in windows:
             pending, win.pending = win.pending, {}
-            for fut, _, _ in pending.values():
+            for fut, _ in pending.values():
                 if not fut.done():
                     fut.set_exception(exc)
 
@@ -226,7 +202,7 @@ class Confirms:
             entry = pending.pop(t, None)
             if entry is None or entry[0].done():
                 continue
-            fut, then, _ = entry
+            fut, then = entry
             if exc is not None:
                 fut.set_exception(exc)
                 continue

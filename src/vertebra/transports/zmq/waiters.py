@@ -5,8 +5,9 @@ that way, where ``asyncio.timeout`` cannot)."""
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import Generic, TypeVar
+
+from ...expiries import Expiries
 
 __all__ = ["Waiters", "within"]
 
@@ -27,40 +28,19 @@ class Waiters(Generic[T]):
     """Futures waiting for the hub's answer, by key (a message id, a request id).
 
     With a ``timeout``, each future fails with TimeoutError that many seconds after it was
-    added unless answered first.  Every wait has the same timeout, so the deadlines come
-    in the order the futures were added: they wait in a FIFO behind one loop timer, set for
-    the oldest (``asyncio.wait`` with a timeout per confirmation was a fifth of the CPU a
-    task cost its sender)."""
+    added unless answered first (:class:`~vertebra.expiries.Expiries`: one timer for all)."""
 
     def __init__(self, timeout: float | None = None) -> None:
         self._waiting: dict[bytes, list[asyncio.Future[T]]] = {}
-        self._timeout = timeout
-        self._expiring: deque[tuple[float, asyncio.Future[T]]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
+        self._expiries = Expiries(timeout, TimeoutError) if timeout is not None else None
 
     def add(self, key: bytes) -> asyncio.Future[T]:
         """A new future for ``key`` (several may wait on one key: answered in order)."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, []).append(fut)
-        if self._timeout is not None:
-            when = loop.time() + self._timeout
-            self._expiring.append((when, fut))
-            if self._timer is None:
-                self._timer = loop.call_at(when, self._expire)
+        if self._expiries is not None:
+            self._expiries.add(fut)
         return fut
-
-    def _expire(self) -> None:
-        """Fail the futures whose time is up; set the timer for the next one."""
-        self._timer = None
-        loop = asyncio.get_running_loop()
-        now, queue = loop.time(), self._expiring
-        while queue and (queue[0][0] <= now or queue[0][1].done()):
-            fut = queue.popleft()[1]
-            if not fut.done():
-                fut.set_exception(TimeoutError())
-        if queue:
-            self._timer = loop.call_at(queue[0][0], self._expire)
 
     def _first(self, key: bytes) -> asyncio.Future[T] | None:
         return next((f for f in self._waiting.get(key, ()) if not f.done()), None)
