@@ -24,19 +24,31 @@ from .conftest import Client, eventually
 from .test_zmq_routing import echo_handler
 
 
-async def warm(client: Client, service: str, replicas: int = 1) -> None:
-    """Call until the client has direct routes to ``replicas`` replicas of ``service``, each
+def routed_directly(client: Client, service: str, replicas: int = 1) -> bool:
+    """Whether the client has direct routes to ``replicas`` replicas of ``service``, each
     connected (until then calls go through the hub)."""
     assert client.t.direct is not None
-    routes = client.t.direct._routes
+    r = client.t.direct._routes.get(service)
+    return r is not None and len(r.replicas) == replicas and all(
+        rep.dealer.sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT for rep, _ in r.replicas)
+
+
+async def warm(client: Client, service: str, replicas: int = 1) -> None:
+    """Call until :func:`routed_directly`."""
     deadline = time.monotonic() + 10
     while True:
         await client.call(service, "m", "warm-up")
-        r = routes.get(service)
-        if r is not None and len(r.replicas) == replicas and all(
-                rep.dealer.sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT for rep, _ in r.replicas):
+        if routed_directly(client, service, replicas):
             return
         assert time.monotonic() < deadline, "the routes never came"
+        await asyncio.sleep(0.05)
+
+
+async def until_routed_directly(client: Client, service: str) -> None:
+    """Wait (not calling: the calls so far are still running) until :func:`routed_directly`."""
+    deadline = time.monotonic() + 10
+    while not routed_directly(client, service):
+        assert time.monotonic() < deadline, f"no direct route to {service}"
         await asyncio.sleep(0.05)
 
 
@@ -150,14 +162,7 @@ async def test_a_replica_killed_mid_call_is_unreachable_at_once_not_a_timeout(hu
     first = Envelope("call", service="calc", method="m", args=["first"], deadline=time.time() + 20)
     await client.t.send(first)              # through the hub (no routes yet); fetches them
     await worker.wait_for("got first")
-    deadline = time.monotonic() + 10
-    while True:                             # the route is in and its connection up
-        routes = client.t.direct._routes.get("calc")
-        if routes is not None and routes.replicas and \
-                routes.replicas[0][0].dealer.sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
-            break
-        assert time.monotonic() < deadline, "no direct route to the worker"
-        await asyncio.sleep(0.05)
+    await until_routed_directly(client, "calc")   # the route is in and its connection up
     env = Envelope("call", service="calc", method="m", args=["doomed"], deadline=time.time() + 20)
     await client.t.send(env)
     assert client.t.stats["direct_calls"] == 1
@@ -209,14 +214,7 @@ async def test_a_hung_replica_is_unreachable_by_the_connections_heartbeats(hub, 
     first = Envelope("call", service="calc", method="m", args=["first"], deadline=time.time() + 30)
     await client.t.send(first)                  # through the hub; fetches the routes
     await worker.wait_for("got first")
-    deadline = time.monotonic() + 10
-    while True:
-        routes = client.t.direct._routes.get("calc")
-        if routes is not None and routes.replicas and \
-                routes.replicas[0][0].dealer.sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
-            break
-        assert time.monotonic() < deadline, "no direct route to the worker"
-        await asyncio.sleep(0.05)
+    await until_routed_directly(client, "calc")   # the route is in and its connection up
     env = Envelope("call", service="calc", method="m", args=["stuck"], deadline=time.time() + 30)
     await client.t.send(env)
     await worker.wait_for("got stuck")

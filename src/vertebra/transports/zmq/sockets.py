@@ -49,7 +49,7 @@ class LoopSocket:
     def __init__(self, sock: zmq.Socket[bytes]) -> None:
         self.sock = sock
         self._events = cast("Callable[[int], int]", sock.get)
-        """``self._events(_EVENTS)``: an int option, read without the typing overhead."""
+        """``sock.get``, typed for the int options read here (EVENTS, RCVMORE, FD)."""
         self._loop = asyncio.get_running_loop()
         self._readable: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
